@@ -1,0 +1,17 @@
+"""skddh: ultrasound-first, radiation-preserving selective imaging for hip dysplasia.
+
+A scikit-learn-compatible toolkit: a synthetic paired ultrasound / X-ray cohort, self-supervised
+featurisation, measurement heads, one-sided conformal lower bounds and a selective imaging
+policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
+"""
+
+from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "__version__",
+    "load_image_table",
+    "make_hip_cohort",
+    "save_image_table",
+]
