@@ -149,7 +149,7 @@ def draw_hips(
     *,
     correlation: np.ndarray,
     lr_correlation: float,
-    tail_factor: float = 2.0,
+    tail_factor: float = 1.5,
 ) -> pd.DataFrame:
     """Draw the per-hip latent measurements for both hips of every subject.
 
@@ -164,17 +164,25 @@ def draw_hips(
     z = rng.multivariate_normal(np.zeros(10), cov, size=n, method="cholesky")
     z = z.reshape(n, 2, 5)  # (subject, side [R, L], measurement)
     female = (subjects["sex"].to_numpy() == "F")[:, None]
-    # Left hip -0.2 SD on alpha/FHC (Liu 2022; Kang & Koo 2017); female -0.35 SD on alpha.
-    z[:, 1, 0] -= 0.2
-    z[:, 1, 2] -= 0.2
-    z[:, :, 0] -= 0.35 * female
+    # Left hip 0.2 SD below the right on alpha/FHC (Liu 2022; Kang & Koo 2017); females
+    # 0.35 SD below males on alpha. The shifts are centred on the preset's population, so the
+    # population marginal stays the preset's mixture (DOMAIN.md 7.2) and only contrasts move.
+    z[:, 0, [0, 2]] += 0.1
+    z[:, 1, [0, 2]] -= 0.1
+    z[:, :, 0] -= 0.35 * (female - DEMOGRAPHICS[preset]["female"])
     u = stats.norm.cdf(z)
     flagged = (subjects["breech"] | subjects["family_history"]).to_numpy()
+    # Risk flags raise the tail weight; unflagged subjects get less, so that the mixture's
+    # weights hold on average over the preset's flag prevalence.
+    demo = DEMOGRAPHICS[preset]
+    p_flag = 1 - (1 - demo["breech"]) * (1 - demo["family_history"])
+    plain_factor = max(0.0, (1 - tail_factor * p_flag) / (1 - p_flag))
 
     marg = PRESETS[preset]
     values = np.empty_like(u)
     for j, name in enumerate(LATENT_NAMES):
-        plain, risky = marg[name], marg[name].with_tail_factor(tail_factor)
+        plain = marg[name].with_tail_factor(plain_factor)
+        risky = marg[name].with_tail_factor(tail_factor)
         values[:, :, j] = np.where(flagged[:, None], risky.ppf(u[:, :, j]), plain.ppf(u[:, :, j]))
 
     # Age effects relative to ~6 weeks (US) over 0-4 months (Liu 2022 monthly means).
