@@ -4,6 +4,7 @@ from skddh.datasets._cohort import make_hip_cohort
 from skddh.datasets._io import load_image_table, save_image_table
 from skddh.datasets._measure import measure_us, measure_xr
 from skddh.datasets._registry import SyntheticImageRegistry
+from skddh.datasets._summary import plot_cohort_examples, summarize_cohort
 
 __all__ = [
     "SyntheticImageRegistry",
@@ -11,5 +12,7 @@ __all__ = [
     "make_hip_cohort",
     "measure_us",
     "measure_xr",
+    "plot_cohort_examples",
     "save_image_table",
+    "summarize_cohort",
 ]

@@ -24,7 +24,7 @@ from skddh.datasets._xr_phantom import (
 )
 
 #: Images rendered together in one vectorised call (memory ~ chunk * size^2 * 60 bytes).
-CHUNK = 128
+CHUNK = 32
 
 
 def take(d: dict, idx) -> dict:

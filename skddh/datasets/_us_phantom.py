@@ -332,7 +332,7 @@ def render_us(geom, nuis, size, rng, *, plane_offset=None, ossified=None):
     sig_ax = np.maximum(nuis["psf_axial_mm"].to_numpy() / px, 0.5)
     sig_lat = np.maximum(nuis["psf_lateral_mm"].to_numpy() / px, 0.8)
     speck = sfft.ifft2(
-        sfft.fft2(noise, workers=-1) * _gaussian_transfer((size, size), sig_ax, sig_lat), workers=-1
+        sfft.fft2(noise, workers=1) * _gaussian_transfer((size, size), sig_ax, sig_lat), workers=1
     )
     speck /= np.sqrt(np.mean(np.abs(speck) ** 2, axis=(1, 2), keepdims=True))
     # Nakagami-like texture: a Gamma(m, 1/m) intensity field with ~1 mm correlation
@@ -353,8 +353,8 @@ def render_us(geom, nuis, size, rng, *, plane_offset=None, ossified=None):
     img = img + rng.standard_normal(img.shape, dtype=f32) * _col(nuis["noise_sd"].to_numpy())
     blur = nuis["blur_px"].to_numpy()
     img = sfft.irfft2(
-        sfft.rfft2(img, workers=-1) * _gaussian_transfer((size, size), blur, blur, real=True),
+        sfft.rfft2(img, workers=1) * _gaussian_transfer((size, size), blur, blur, real=True),
         s=(size, size),
-        workers=-1,
+        workers=1,
     )
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)

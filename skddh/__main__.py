@@ -1,0 +1,5 @@
+import sys
+
+from skddh.cli import main
+
+sys.exit(main())
