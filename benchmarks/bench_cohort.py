@@ -42,8 +42,10 @@ def main():
     ap.add_argument("--n-jobs", type=int, default=2)
     args = ap.parse_args()
     size = args.size
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"n_jobs={args.n_jobs}; {size} px")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"n_jobs={args.n_jobs}; {size} px"
+    )
     rows = []
 
     drawn, age = _us_inputs(args.n_us)
@@ -72,8 +74,10 @@ def main():
     base_xr = 2 * nbx / (time.perf_counter() - t)
     rows.append(("x-ray hip views", n_views, fast_xr, base_xr))
 
-    print(f"{'modality':<16}{'images':>8}{'chunked img/s':>15}{'per-image img/s':>17}"
-          f"{'ratio':>7}{'10k images (s)':>16}")
+    print(
+        f"{'modality':<16}{'images':>8}{'chunked img/s':>15}{'per-image img/s':>17}"
+        f"{'ratio':>7}{'10k images (s)':>16}"
+    )
     for name, n, f, b in rows:
         print(f"{name:<16}{n:>8}{f:>15.0f}{b:>17.0f}{f / b:>7.1f}{10_000 / f:>16.1f}")
 

@@ -14,7 +14,9 @@ def _writable_dir(value: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot create output directory {value!r}: {exc}")
+        raise argparse.ArgumentTypeError(
+            f"cannot create output directory {value!r}: {exc}"
+        ) from exc
     if not os.access(path, os.W_OK):
         raise argparse.ArgumentTypeError(f"output directory {value!r} is not writable")
     return path
@@ -34,8 +36,10 @@ def _demo(args) -> int:
     table.to_csv(args.out / "cohort_summary.csv")
     fig = plot_cohort_examples(cohort, n=4)
     fig.savefig(args.out / "cohort_examples.png", dpi=110)
-    print(f"wrote {args.out / 'cohort_summary.csv'} and {args.out / 'cohort_examples.png'} "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {args.out / 'cohort_summary.csv'} and {args.out / 'cohort_examples.png'} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
@@ -48,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="make the synthetic study cohort, print its summary and write a figure"
     )
-    demo.add_argument("--out", type=_writable_dir, default=Path("skddh_out"),
-                      help="output directory (created if needed; default: skddh_out)")
+    demo.add_argument(
+        "--out",
+        type=_writable_dir,
+        default=Path("skddh_out"),
+        help="output directory (created if needed; default: skddh_out)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--n-jobs", type=int, default=None, help="parallel workers (joblib)")
     demo.set_defaults(func=_demo)
