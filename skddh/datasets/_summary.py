@@ -23,8 +23,8 @@ def summarize_cohort(cohort: Bunch) -> pd.DataFrame:
     Examples
     --------
     >>> from skddh.datasets import make_hip_cohort, summarize_cohort
-    >>> summarize_cohort(make_hip_cohort(n_subjects=10, image_size=16, random_state=0)).loc[
-    ...     "all", "subjects"]
+    >>> table = summarize_cohort(make_hip_cohort(n_subjects=10, image_size=16, random_state=0))
+    >>> int(table.loc["all", "subjects"])
     10
     """
     rows = {}
