@@ -5,11 +5,13 @@ featurisation, measurement heads, one-sided conformal lower bounds and a selecti
 policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 """
 
+from skddh.conformal import OneSidedConformalRegressor
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "OneSidedConformalRegressor",
     "__version__",
     "load_image_table",
     "make_hip_cohort",
