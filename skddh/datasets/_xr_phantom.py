@@ -495,7 +495,6 @@ def render_xr(geom, nuis: pd.DataFrame, size: int, rng, view: str = "pelvis") ->
 def _decorate(img, nuis, rng):
     """Collimation borders and a burnt-in side marker (pelvis view only)."""
     n, size, _ = img.shape
-    rows = np.arange(size)
     for i in range(n):  # a handful of slices per image, not per-pixel work
         top, bot, left, right = (rng.uniform(0, 0.06, 4) * size).astype(int)
         img[i, :top] = 1.0
@@ -509,5 +508,4 @@ def _decorate(img, nuis, rng):
             r0, c0 = top + size // 30, left + size // 30
             h, w = mark.shape
             img[i, r0 : r0 + h, c0 : c0 + w][mark] = 1.0
-    del rows
     return img
