@@ -7,13 +7,22 @@ policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 
 from skddh.conformal import OneSidedConformalRegressor
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
+from skddh.metrics import make_policy_scorer
+from skddh.plotting import CoverageDisplay, DecisionCurveDisplay
+from skddh.policy import SelectiveImagingPolicy
+from skddh.policy_cv import SelectiveImagingPolicyCV
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CoverageDisplay",
+    "DecisionCurveDisplay",
     "OneSidedConformalRegressor",
+    "SelectiveImagingPolicy",
+    "SelectiveImagingPolicyCV",
     "__version__",
     "load_image_table",
     "make_hip_cohort",
+    "make_policy_scorer",
     "save_image_table",
 ]

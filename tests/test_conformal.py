@@ -148,6 +148,43 @@ def test_matches_crepes_conformal_predictive_system(n, delta):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [7, 26, 57, 200])
+@pytest.mark.parametrize("delta", [0.05, 0.1, 0.17, 0.3, 0.45])
+def test_matches_mapie_split_conformal_lower_bound(n, delta):
+    """Our LB equals mapie's lower interval end, level by level.
+
+    The mapping: mapie's ``SplitConformalRegressor`` with an asymmetric signed residual score
+    (``AbsoluteConformityScore(sym=False)``, scores ``y - y_hat``) and ``method="base"``
+    puts ``alpha / 2`` in each tail, with ``alpha = 1 - confidence_level``. Its lower end is
+    ``y_hat - s_(k)`` with ``k = ceil((1 - alpha / 2)(n + 1))`` over ``s = y_hat - y``, our
+    bound at ``delta = alpha / 2``: so ``confidence_level = 1 - 2 * delta``. mapie computes
+    k in floating point; cases where ``(n + 1) delta`` is an integer can differ by one order
+    statistic there, and are left out (our k is exact; see ``_exact_k``).
+    """
+    pytest.importorskip("mapie")
+    from mapie.conformity_scores import AbsoluteConformityScore
+    from mapie.regression import SplitConformalRegressor
+
+    if abs((n + 1) * delta - round((n + 1) * delta)) < 1e-6:
+        pytest.skip("float boundary: mapie's k may differ by one (documented above)")
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n + 130, 2))
+    y = X @ [3.0, -1.0] + rng.gumbel(0, 2, n + 130)
+    model = LinearRegression().fit(X[:100], y[:100])
+    cal, new = slice(100, 100 + n), slice(100 + n, None)
+    scr = SplitConformalRegressor(
+        model,
+        confidence_level=1 - 2 * delta,
+        conformity_score=AbsoluteConformityScore(sym=False),
+        prefit=True,
+    ).conformalize(X[cal], y[cal])
+    _, intervals = scr.predict_interval(X[new], allow_infinite_bounds=True)
+    theirs = intervals[:, 0, 0]
+    ours = lower_bound(model.predict(X[new]), model.predict(X[cal]) - y[cal], delta)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+    assert np.isinf(ours).all() == (delta < smallest_delta(n))
+
+
 # ---- the estimator ----------------------------------------------------------------------------
 @parametrize_with_checks(
     [

@@ -1,0 +1,453 @@
+"""Selective imaging: pass a hip on ultrasound only when its calibrated lower bounds clear.
+
+The rules are small pure functions on lower bounds (:func:`rule_margin`, :func:`apply_rule`);
+:class:`SelectiveImagingPolicy` is the scikit-learn classifier around them (1 = ultrasound
+suffices, 0 = refer to X-ray), shaped like scikit-learn's ``FixedThresholdClassifier``: the
+rule and the miscoverage are plain hyper-parameters, and fitting depends on neither.
+
+Rules over the measurements named in ``thresholds`` (default Graf alpha >= 60 deg and femoral
+head coverage >= 50 %; the DDH paper, arXiv 2511.18457):
+
+- ``"alpha"``: pass when ``LB_alpha >= 60``. Guarantee: ``P(pass and truly alpha < 60) <=
+  delta_alpha``.
+- ``"and"``: pass when every bound clears. ``P(pass and some measurement truly fails) <=
+  sum of the deltas``.
+- ``"or"``: pass when any bound clears. No such guarantee: the most lenient rule.
+
+None of them bounds the share of abnormal hips *among the passed ones*; each guarantee is
+marginal, under exchangeability of the calibration subjects and the new one, per measurement.
+
+Fail-safe: a case whose bound is NaN or infinite for any measurement the rule reads (a NaN
+prediction, or a delta too small for the calibration set) is referred, never passed.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
+from sklearn.utils import get_tags
+
+# Private helpers, stable since scikit-learn 1.3; sklearn-compat does not re-export them.
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, check_memory
+from sklearn_compat.base import _fit_context
+
+from skddh.conformal import OneSidedConformalRegressor
+from skddh.metrics import utility
+
+__all__ = [
+    "RULES",
+    "DEFAULT_THRESHOLDS",
+    "SelectiveImagingPolicy",
+    "apply_rule",
+    "rule_margin",
+    "rule_measurements",
+]
+
+RULES = ("alpha", "or", "and")
+DEFAULT_THRESHOLDS = {"alpha": 60.0, "coverage": 50.0}
+
+
+def rule_measurements(rule: str, thresholds: dict) -> list[str]:
+    """The measurements a rule reads: ``["alpha"]`` for ``"alpha"``, else all thresholded.
+
+    Examples
+    --------
+    >>> from skddh.policy import rule_measurements
+    >>> rule_measurements("or", {"alpha": 60.0, "coverage": 50.0})
+    ['alpha', 'coverage']
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+    if not thresholds:
+        raise ValueError("thresholds must name at least one measurement.")
+    if rule == "alpha":
+        if "alpha" not in thresholds:
+            raise ValueError(
+                f"rule='alpha' needs a threshold for 'alpha'; thresholds name {list(thresholds)}."
+            )
+        return ["alpha"]
+    return list(thresholds)
+
+
+def rule_margin(lower, thresholds: dict, rule: str) -> np.ndarray:
+    """Margin of the lower bounds over their thresholds under a rule; pass when ``>= 0``.
+
+    ``alpha``: ``LB_alpha - t_alpha``; ``and``: the smallest margin; ``or``: the largest.
+    A case with a non-finite bound on any measurement the rule reads gets ``-inf`` (referred).
+
+    Parameters
+    ----------
+    lower : DataFrame or mapping of name -> array of shape (n,)
+        Lower bounds per measurement.
+    thresholds : dict
+        Measurement name -> clinical threshold.
+    rule : {"alpha", "or", "and"}
+
+    Returns
+    -------
+    ndarray of shape (n,)
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from skddh.policy import rule_margin
+    >>> lb = pd.DataFrame({"alpha": [62.0, 58.0, float("nan")], "coverage": [45.0, 55.0, 60.0]})
+    >>> rule_margin(lb, {"alpha": 60.0, "coverage": 50.0}, "or")
+    array([  2.,   5., -inf])
+    >>> rule_margin(lb, {"alpha": 60.0, "coverage": 50.0}, "and")
+    array([ -5.,  -2., -inf])
+    """
+    cols = rule_measurements(rule, thresholds)
+    missing = [c for c in cols if c not in lower]
+    if missing:
+        raise ValueError(f"lower bounds lack measurement(s) {missing} that rule {rule!r} reads.")
+    m = np.column_stack([np.asarray(lower[c], dtype=float) - float(thresholds[c]) for c in cols])
+    combined = m.max(axis=1) if rule == "or" else m.min(axis=1)
+    return np.where(np.isfinite(m).all(axis=1), combined, -np.inf)
+
+
+def apply_rule(lower, thresholds: dict, rule: str) -> np.ndarray:
+    """Boolean pass decisions: ``rule_margin(...) >= 0``.
+
+    Examples
+    --------
+    >>> from skddh.policy import apply_rule
+    >>> apply_rule({"alpha": [61.0, 59.0]}, {"alpha": 60.0}, "alpha")
+    array([ True, False])
+    """
+    return rule_margin(lower, thresholds, rule) >= 0
+
+
+def _fit_bounds(estimator, X, y, groups, fit_params):
+    """Fit the conformal regressor; module level so that ``joblib.Memory`` can cache it."""
+    return estimator.fit(X, y, groups=groups, **fit_params)
+
+
+class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
+    """What the fixed policy and its tuned twin share: thresholds, outcome, costs, y handling."""
+
+    _parameter_constraints: dict = {
+        "estimator": [HasMethods(["fit", "predict"]), None],
+        "thresholds": [dict, None],
+        "outcome": [str, None],
+        "radiation_cost": [Interval(Real, 0, None, closed="left")],
+        "miss_penalty": [Interval(Real, 0, None, closed="left")],
+        "memory": [None, str, HasMethods(["cache"])],
+    }
+
+    # ---- shared helpers -------------------------------------------------------------------
+    def _base_bounds(self):
+        """The conformal regressor to fit: given, or wrapped around a plain regressor."""
+        if self.estimator is None:
+            return OneSidedConformalRegressor()
+        if hasattr(self.estimator, "predict_lower"):
+            return self.estimator
+        return OneSidedConformalRegressor(self.estimator)
+
+    def _thresholds(self):
+        thr = DEFAULT_THRESHOLDS if self.thresholds is None else self.thresholds
+        for name, value in thr.items():
+            if not isinstance(value, Real) or not np.isfinite(value):
+                raise ValueError(f"thresholds[{name!r}] must be a finite number, got {value!r}.")
+        return {str(k): float(v) for k, v in thr.items()}
+
+    def _split_y(self, y):
+        """Targets for the regressor and, if ``outcome`` is set, the paired finding column."""
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        if isinstance(y, pd.Series):
+            y = y.to_frame(name="y0" if y.name is None else y.name)
+        if not isinstance(y, pd.DataFrame):
+            arr = np.asarray(y)
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            if arr.ndim != 2:
+                raise ValueError(f"y must be 1-D or 2-D, got {arr.ndim} dimensions.")
+            y = pd.DataFrame(arr, columns=[f"y{j}" for j in range(arr.shape[1])])
+        y = y.rename(columns=str)
+        if self.outcome is None:
+            return y, None
+        if self.outcome not in y.columns:
+            raise ValueError(
+                f"outcome={self.outcome!r} is not a column of y; columns are {list(y.columns)}."
+            )
+        return y.drop(columns=[self.outcome]), y[self.outcome]
+
+    def _check_thresholds(self, names, rule):
+        thr = self._thresholds()
+        unknown = [t for t in thr if t not in names]
+        if unknown:
+            raise ValueError(
+                f"thresholds name measurement(s) {unknown} the model does not predict; "
+                f"it predicts {list(names)}."
+            )
+        rule_measurements(rule, thr)
+        return thr
+
+    def _fit_base(self, X, y_fit, groups, fit_params):
+        base = self._base_bounds()
+        cached = check_memory(self.memory).cache(_fit_bounds)
+        return cached(clone(base), X, y_fit, groups, fit_params)
+
+    def abnormal(self, y) -> np.ndarray:
+        """Which hips are truly abnormal: the definition of a *missed finding*.
+
+        With ``outcome`` set, the paired X-ray finding in that column of ``y`` (1 = abnormal).
+        Otherwise a hip is abnormal when any measurement named in ``thresholds`` is truly
+        below its threshold. That definition does not depend on the rule, so utilities
+        compare across rules.
+
+        Parameters
+        ----------
+        y : DataFrame or array-like
+            True measurements (and the outcome column), as given to ``fit``.
+
+        Returns
+        -------
+        ndarray of bool, shape (n_samples,)
+        """
+        targets, outcome = self._split_y(y)
+        if outcome is not None:
+            vals = pd.to_numeric(outcome, errors="coerce").to_numpy(dtype=float)
+            bad = ~np.isin(vals, (0.0, 1.0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"outcome column {self.outcome!r} must hold 0/1, got "
+                    f"{outcome.iloc[row]!r} at row {row}."
+                )
+            return vals.astype(bool)
+        thr = self._thresholds()
+        missing = [t for t in thr if t not in targets.columns]
+        if missing:
+            raise ValueError(
+                f"y lacks the thresholded measurement(s) {missing}; columns are "
+                f"{list(targets.columns)}."
+            )
+        vals = targets[list(thr)].to_numpy(dtype=float)
+        bad = np.isnan(vals)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"y has NaN at row {row}, measurement {list(thr)[col]!r}: its truth is unknown."
+            )
+        return (vals < np.array(list(thr.values()))).any(axis=1)
+
+    @property
+    def n_features_in_(self):
+        """Number of features seen by the regressor (delegated)."""
+        check_is_fitted(self)
+        return self.estimator_.n_features_in_
+
+    @property
+    def feature_names_in_(self):
+        """Feature names seen by the regressor (delegated)."""
+        check_is_fitted(self)
+        return self.estimator_.feature_names_in_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        tags.input_tags.sparse = get_tags(self._base_bounds()).input_tags.sparse
+        return tags
+
+
+def _full_delta(conformal, delta, used):
+    """The policy's delta as the conformal regressor wants it: a float or a complete dict.
+
+    A dict must name every measurement the rule reads; targets it does not name keep the
+    regressor's own ``delta``.
+    """
+    if not isinstance(delta, dict):
+        return delta
+    names = [str(t) for t in conformal.target_names_]
+    unknown = sorted(set(delta) - set(names))
+    if unknown:
+        raise ValueError(
+            f"delta names measurement(s) {unknown} the model does not predict; it predicts {names}."
+        )
+    lacking = [t for t in used if t not in delta]
+    if lacking:
+        raise ValueError(f"delta gives no miscoverage for measurement(s) {lacking} the rule reads.")
+    own = conformal.delta
+    return {t: delta.get(t, own[t] if isinstance(own, dict) else own) for t in names}
+
+
+class SelectiveImagingPolicy(_PolicyBase):
+    """Ultrasound suffices (1) only when calibrated lower bounds clear clinical thresholds.
+
+    A classifier over a :class:`~skddh.OneSidedConformalRegressor`: ``fit`` fits the
+    regressor (its training and calibration split), and ``predict`` compares the lower bounds
+    at ``delta`` with ``thresholds`` under ``rule``; a hip that is not passed is referred to
+    X-ray (0). Neither ``rule`` nor ``delta`` affects fitting, so with ``memory`` set a
+    ``GridSearchCV`` over them fits the regressor once per fold (see also
+    :class:`SelectiveImagingPolicyCV`).
+
+    Parameters
+    ----------
+    estimator : estimator, default=None
+        A :class:`~skddh.OneSidedConformalRegressor` (or anything with ``predict_lower``),
+        or a plain regressor, which is wrapped in ``OneSidedConformalRegressor`` with its
+        defaults. ``None`` means ``OneSidedConformalRegressor()``.
+    rule : {"alpha", "or", "and"}, default="alpha"
+        See the module docstring: ``"and"`` is the most conservative, ``"or"`` the most
+        lenient.
+    delta : float or dict, default=0.1
+        Miscoverage per measurement in (0, 1); a dict must name every measurement the rule
+        reads (other targets keep the regressor's delta).
+    thresholds : dict, default=None
+        Measurement -> threshold; ``None`` means ``{"alpha": 60.0, "coverage": 50.0}``.
+    outcome : str, default=None
+        A column of ``y`` holding a paired X-ray finding (1 = abnormal), used for scoring and
+        not as a regression target. Without it a missed finding is a passed hip with a
+        thresholded measurement truly below its threshold (:meth:`abnormal`).
+    radiation_cost : float, default=1.0
+        ``lambda`` in :meth:`score`: the cost of one X-ray.
+    miss_penalty : float, default=10.0
+        ``mu`` in :meth:`score`: the cost of one missed finding (an assumption; set yours).
+    memory : str or joblib.Memory, default=None
+        Caches the fitted regressor, keyed on its parameters and the data, as
+        ``Pipeline(memory=...)`` does; candidates that differ only in ``rule``/``delta`` then
+        share one fit.
+
+    Attributes
+    ----------
+    estimator_ : OneSidedConformalRegressor
+        The fitted regressor.
+    classes_ : ndarray of shape (2,)
+        ``[0, 1]``: 0 = refer to X-ray, 1 = ultrasound suffices.
+    target_names_ : ndarray of str
+        Measurements the regressor predicts.
+    thresholds_ : dict
+        The thresholds in force.
+
+    See Also
+    --------
+    SelectiveImagingPolicyCV : picks rule and delta by cross-validated utility, one fit per fold.
+
+    References
+    ----------
+    The DDH paper, arXiv 2511.18457: one-sided conformal bounds and the selective policy.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from skddh import OneSidedConformalRegressor, SelectiveImagingPolicy
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 2))
+    >>> y = pd.DataFrame({"alpha": 62 + 4 * X[:, 0] + rng.normal(0, 1, 300),
+    ...                   "coverage": 55 + 5 * X[:, 1] + rng.normal(0, 2, 300)})
+    >>> policy = SelectiveImagingPolicy(
+    ...     OneSidedConformalRegressor(random_state=0), rule="and", delta=0.1
+    ... ).fit(X[:200], y[:200])
+    >>> policy.predict_lower(X[200:203]).round(1).columns.tolist()
+    ['alpha', 'coverage']
+    >>> passed = policy.predict(X[200:])
+    >>> bool(policy.abnormal(y[200:])[passed == 1].mean() < 0.2)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **_PolicyBase._parameter_constraints,
+        "rule": [StrOptions(set(RULES))],
+        "delta": [Interval(Real, 0, 1, closed="neither"), dict],
+    }
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        rule="alpha",
+        delta=0.1,
+        thresholds=None,
+        outcome=None,
+        radiation_cost=1.0,
+        miss_penalty=10.0,
+        memory=None,
+    ):
+        self.estimator = estimator
+        self.rule = rule
+        self.delta = delta
+        self.thresholds = thresholds
+        self.outcome = outcome
+        self.radiation_cost = radiation_cost
+        self.miss_penalty = miss_penalty
+        self.memory = memory
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, groups=None, **fit_params):
+        """Fit the conformal regressor on the measurements in ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Images or features, as the regressor takes them.
+        y : DataFrame or array-like of shape (n_samples, n_targets)
+            Measurements (plus the ``outcome`` column when set).
+        groups : array-like of shape (n_samples,), default=None
+            Subject ids for the subject-level calibration split.
+        **fit_params : dict
+            Passed to the regressor's ``fit``.
+
+        Returns
+        -------
+        self
+        """
+        y_fit, _ = self._split_y(y)
+        # Fail before the (possibly long) fit when thresholds or delta cannot apply.
+        self.thresholds_ = self._check_thresholds(list(y_fit.columns), self.rule)
+        if isinstance(self.delta, dict):
+            unknown = sorted(set(self.delta) - set(y_fit.columns))
+            if unknown:
+                raise ValueError(
+                    f"delta names measurement(s) {unknown} the model does not predict; "
+                    f"it predicts {list(y_fit.columns)}."
+                )
+        self.estimator_ = self._fit_base(X, y_fit, groups, fit_params)
+        self.target_names_ = np.asarray(self.estimator_.target_names_)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_lower(self, X) -> pd.DataFrame:
+        """Calibrated lower bounds per measurement at the policy's ``delta``.
+
+        Returns
+        -------
+        DataFrame of shape (n_samples, n_targets)
+            Indexed like ``X`` when ``X`` is a DataFrame; ``-inf`` where unbounded.
+        """
+        check_is_fitted(self)
+        used = rule_measurements(self.rule, self.thresholds_)
+        delta = _full_delta(self.estimator_, self.delta, used)
+        lb = np.asarray(self.estimator_.predict_lower(X, delta=delta), dtype=float)
+        lb = lb.reshape(len(lb), -1)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return pd.DataFrame(lb, columns=self.target_names_, index=index)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Margin of the bounds over the thresholds under the rule; passed when ``>= 0``.
+
+        ``-inf`` for a case the policy cannot bound (fail-safe referral).
+        """
+        return rule_margin(self.predict_lower(X), self.thresholds_, self.rule)
+
+    def predict(self, X) -> np.ndarray:
+        """1 = ultrasound suffices, 0 = refer to X-ray."""
+        return (self.decision_function(X) >= 0).astype(int)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Decision utility ``-radiation_cost * xray_rate - miss_penalty * missed_rate``."""
+        return utility(
+            self.predict(X),
+            self.abnormal(y),
+            radiation_cost=self.radiation_cost,
+            miss_penalty=self.miss_penalty,
+            sample_weight=sample_weight,
+        )

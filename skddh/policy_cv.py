@@ -1,0 +1,276 @@
+"""The tuned twin of the selective imaging policy: rule and delta by cross-validation, cheaply.
+
+As scikit-learn's ``TunedThresholdClassifierCV`` is to ``FixedThresholdClassifier``,
+:class:`SelectiveImagingPolicyCV` is to :class:`~skddh.SelectiveImagingPolicy`. Fitting the
+conformal regressor depends on neither the rule nor delta, so each fold is fitted once and
+every (rule, delta) candidate is scored from that fit: the regressor predicts the held-out
+fold once, the calibration scores are sorted once, and each candidate costs one order
+statistic and one comparison per case.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.model_selection import GroupKFold, check_cv
+from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
+
+from skddh.conformal import _take
+from skddh.metrics import missed_rate, pass_rate, utility
+from skddh.policy import RULES, SelectiveImagingPolicy, _full_delta, _PolicyBase, rule_margin
+
+__all__ = ["SelectiveImagingPolicyCV"]
+
+
+def _default_deltas():
+    return [round(d, 2) for d in np.arange(0.05, 0.501, 0.05)]
+
+
+def _candidates(rules, deltas):
+    """(rule, delta) pairs, deltas outermost so that ties go to the smaller delta."""
+    return [(rule, delta) for delta in deltas for rule in rules]
+
+
+def _score_fold(policy, X, y_fit, abnormal, groups, train, test, candidates, fit_params):
+    """Fit once on ``train``; utility, pass and missed rates of every candidate on ``test``."""
+    g = None if groups is None else groups[train]
+    fitted = policy._fit_base(_take(X, train), y_fit.iloc[train], g, fit_params)
+    y_tilde = pd.DataFrame(
+        np.asarray(fitted.predict(_take(X, test)), dtype=float).reshape(len(test), -1),
+        columns=[str(t) for t in fitted.target_names_],
+    )
+    ab = abnormal[test]
+    thr = policy.thresholds_
+    rows = []
+    with warnings.catch_warnings():
+        # A delta too small for the fold's calibration set is a legitimate candidate (every
+        # case referred); one warning per candidate would drown the user.
+        warnings.simplefilter("ignore", UserWarning)
+        cache = {}
+        for rule, delta in candidates:
+            key = repr(delta)
+            if key not in cache:
+                full = _full_delta(fitted, delta, list(thr) if rule != "alpha" else ["alpha"])
+                cache[key] = y_tilde - fitted._quantiles(full)
+            passed = rule_margin(cache[key], thr, rule) >= 0
+            rows.append(
+                (
+                    utility(
+                        passed,
+                        ab,
+                        radiation_cost=policy.radiation_cost,
+                        miss_penalty=policy.miss_penalty,
+                    ),
+                    pass_rate(passed),
+                    missed_rate(passed, ab),
+                )
+            )
+    return np.array(rows)
+
+
+class SelectiveImagingPolicyCV(_PolicyBase):
+    """Selective imaging policy whose rule and delta are chosen by cross-validated utility.
+
+    Each fold fits the conformal regressor once; all ``len(rules) * len(deltas)`` candidates
+    are scored on the held-out fold from that one fit. The best candidate (highest mean
+    utility; ties go to the smaller delta) is then refitted on all data as ``policy_``.
+
+    Parameters
+    ----------
+    estimator : estimator, default=None
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+    rules : list of {"alpha", "or", "and"}, default=None
+        Rules to try; ``None`` means all three.
+    deltas : list of float or dict, default=None
+        Miscoverages to try; ``None`` means 0.05, 0.10, ..., 0.50. A dict gives one
+        miscoverage per measurement (e.g. ``{"alpha": 0.1, "coverage": 0.35}``).
+    thresholds, outcome, radiation_cost, miss_penalty, memory
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+    cv : int, cross-validation generator or iterable, default=5
+        An int means ``GroupKFold`` when ``groups`` are given, else ``KFold``.
+    n_jobs : int, default=None
+        Folds fitted in parallel (joblib).
+
+    Attributes
+    ----------
+    policy_ : SelectiveImagingPolicy
+        The best policy, refitted on all data.
+    estimator_ : OneSidedConformalRegressor
+        ``policy_.estimator_``.
+    best_rule_, best_delta_ : str, float or dict
+        The chosen candidate.
+    best_score_ : float
+        Its mean cross-validated utility.
+    cv_results_ : DataFrame
+        One row per candidate: ``rule``, ``delta``, ``mean_test_score``, ``std_test_score``,
+        ``split{k}_test_score``, ``mean_pass_rate``, ``mean_missed_rate``.
+    classes_, target_names_, thresholds_
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from skddh import OneSidedConformalRegressor, SelectiveImagingPolicyCV
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 2))
+    >>> y = pd.DataFrame({"alpha": 62 + 4 * X[:, 0] + rng.normal(0, 1, 300),
+    ...                   "coverage": 55 + 5 * X[:, 1] + rng.normal(0, 2, 300)})
+    >>> search = SelectiveImagingPolicyCV(
+    ...     OneSidedConformalRegressor(random_state=0), deltas=[0.05, 0.1, 0.2, 0.4]
+    ... ).fit(X, y, groups=np.arange(300) // 3)
+    >>> len(search.cv_results_), search.best_rule_ in ("alpha", "or", "and")
+    (12, True)
+    """
+
+    _parameter_constraints: dict = {
+        **_PolicyBase._parameter_constraints,
+        "rules": [list, tuple, None],
+        "deltas": ["array-like", None],
+        "cv": ["cv_object"],
+        "n_jobs": [Integral, None],
+    }
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        rules=None,
+        deltas=None,
+        thresholds=None,
+        outcome=None,
+        radiation_cost=1.0,
+        miss_penalty=10.0,
+        memory=None,
+        cv=5,
+        n_jobs=None,
+    ):
+        self.estimator = estimator
+        self.rules = rules
+        self.deltas = deltas
+        self.thresholds = thresholds
+        self.outcome = outcome
+        self.radiation_cost = radiation_cost
+        self.miss_penalty = miss_penalty
+        self.memory = memory
+        self.cv = cv
+        self.n_jobs = n_jobs
+
+    def _grid(self, names):
+        rules = list(RULES if self.rules is None else self.rules)
+        bad = [r for r in rules if r not in RULES]
+        if bad or not rules:
+            raise ValueError(f"rules must be a non-empty list from {RULES}, got {self.rules!r}.")
+        deltas = _default_deltas() if self.deltas is None else list(self.deltas)
+        if not deltas:
+            raise ValueError("deltas must hold at least one miscoverage.")
+        for d in deltas:
+            values = d.values() if isinstance(d, dict) else [d]
+            for v in values:
+                if not isinstance(v, Real) or not 0 < v < 1:
+                    raise ValueError(f"deltas: every miscoverage must lie in (0, 1), got {d!r}.")
+            if isinstance(d, dict):
+                unknown = sorted(set(d) - set(names))
+                if unknown:
+                    raise ValueError(
+                        f"deltas name measurement(s) {unknown} the model does not predict; "
+                        f"it predicts {list(names)}."
+                    )
+        for r in rules:
+            self._check_thresholds(names, r)
+        return rules, deltas
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, groups=None, **fit_params):
+        """Score every (rule, delta) candidate by cross-validation, refit the best.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+        y : DataFrame or array-like of shape (n_samples, n_targets)
+        groups : array-like of shape (n_samples,), default=None
+            Subject ids: used by the folds and by each calibration split.
+        **fit_params : dict
+            Passed to the regressor's ``fit``.
+
+        Returns
+        -------
+        self
+        """
+        if sp.issparse(X):
+            X = X.tocsr()  # row indexing for the folds; the regressor decides about sparse
+        y_fit, _ = self._split_y(y)
+        names = list(y_fit.columns)
+        self.thresholds_ = self._thresholds()
+        rules, deltas = self._grid(names)
+        abnormal = self.abnormal(y)
+        groups_arr = None if groups is None else np.asarray(groups)
+        cv = self.cv
+        if isinstance(cv, Integral) and groups_arr is not None:
+            cv = GroupKFold(cv)
+        cv = check_cv(cv)
+        splits = list(cv.split(np.zeros(len(y_fit)), None, groups_arr))
+        candidates = _candidates(rules, deltas)
+        scores = Parallel(n_jobs=self.n_jobs)(
+            delayed(_score_fold)(
+                self, X, y_fit, abnormal, groups_arr, tr, te, candidates, fit_params
+            )
+            for tr, te in splits
+        )
+        scores = np.stack(scores)  # (n_folds, n_candidates, 3)
+        results = pd.DataFrame(
+            {"rule": [c[0] for c in candidates], "delta": [c[1] for c in candidates]}
+        )
+        for k in range(len(splits)):
+            results[f"split{k}_test_score"] = scores[k, :, 0]
+        results["mean_test_score"] = scores[:, :, 0].mean(0)
+        results["std_test_score"] = scores[:, :, 0].std(0)
+        results["mean_pass_rate"] = scores[:, :, 1].mean(0)
+        results["mean_missed_rate"] = scores[:, :, 2].mean(0)
+        results["rank_test_score"] = (
+            results["mean_test_score"].rank(ascending=False, method="min").astype(int)
+        )
+        self.cv_results_ = results
+        best = int(np.argmax(results["mean_test_score"].to_numpy()))
+        self.best_rule_, self.best_delta_ = candidates[best]
+        self.best_score_ = float(results["mean_test_score"].iloc[best])
+        self.policy_ = SelectiveImagingPolicy(
+            clone(self._base_bounds()),
+            rule=self.best_rule_,
+            delta=self.best_delta_,
+            thresholds=self.thresholds,
+            outcome=self.outcome,
+            radiation_cost=self.radiation_cost,
+            miss_penalty=self.miss_penalty,
+            memory=self.memory,
+        ).fit(X, y, groups=groups, **fit_params)
+        self.estimator_ = self.policy_.estimator_
+        self.target_names_ = self.policy_.target_names_
+        self.classes_ = self.policy_.classes_
+        return self
+
+    def predict_lower(self, X) -> pd.DataFrame:
+        """Lower bounds of the best policy (see :meth:`SelectiveImagingPolicy.predict_lower`)."""
+        check_is_fitted(self)
+        return self.policy_.predict_lower(X)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Margin under the best rule; passed when ``>= 0``."""
+        check_is_fitted(self)
+        return self.policy_.decision_function(X)
+
+    def predict(self, X) -> np.ndarray:
+        """1 = ultrasound suffices, 0 = refer to X-ray, under the best candidate."""
+        check_is_fitted(self)
+        return self.policy_.predict(X)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Decision utility of the best policy."""
+        check_is_fitted(self)
+        return self.policy_.score(X, y, sample_weight=sample_weight)
