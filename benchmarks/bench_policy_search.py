@@ -1,0 +1,136 @@
+"""How much does tuning rule and delta cost? A 100-delta x 3-rule policy search, four ways.
+
+Baseline: one 5-fold ``cross_validate`` of the conformal regressor the policy fits (the cost
+of fitting once per fold), timed in the same run. Against it:
+
+- plain ``GridSearchCV(SelectiveImagingPolicy, {"rule", "delta"})``: refits per candidate;
+- the same with ``memory=`` (the fitted regressor cached, as ``Pipeline(memory=...)`` does);
+- ``SelectiveImagingPolicyCV``: one fit per fold, every candidate scored from it.
+
+Data: the study cohort's ultrasound images (``make_hip_cohort(random_state=0)``, training and
+calibration subjects), as 512-d features from a fixed random projection of 32 px pixels (a
+stand-in for frozen SimSiam features), and the paper's head shape, an MLP 512 -> 128 -> 3.
+Folds are ``GroupKFold(5)`` by subject; groups reach each calibration split by metadata
+routing.
+
+    python benchmarks/bench_policy_search.py [--n-deltas 100] [--plain-deltas 100]
+
+``--plain-deltas`` below ``--n-deltas`` times plain GridSearchCV on that many deltas and
+scales its time linearly (its cost is per candidate), saying so in the table.
+"""
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import sklearn
+from sklearn.model_selection import GridSearchCV, GroupKFold, cross_validate
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skddh import (
+    OneSidedConformalRegressor,
+    SelectiveImagingPolicy,
+    SelectiveImagingPolicyCV,
+    make_hip_cohort,
+    make_policy_scorer,
+)
+
+RULES = ["alpha", "or", "and"]
+
+
+def _data():
+    cohort = make_hip_cohort(random_state=0, image_size=32)
+    us = cohort.us
+    keep = np.asarray(us.split) != "test"
+    pixels = us.images[keep].reshape(keep.sum(), -1).astype(np.float32) / 255.0
+    proj = np.random.default_rng(0).normal(size=(pixels.shape[1], 512)) / np.sqrt(pixels.shape[1])
+    X = np.tanh((pixels - pixels.mean(0)) @ proj).astype(np.float32)
+    y = us.targets[keep].reset_index(drop=True)
+    groups = np.asarray(us.subject)[keep]
+    return X, y, groups
+
+
+def _regressor():
+    head = MLPRegressor(hidden_layer_sizes=(128,), max_iter=300, random_state=0)
+    return OneSidedConformalRegressor(
+        make_pipeline(StandardScaler(), head), calibration_size=0.2, random_state=0
+    )
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n-deltas", type=int, default=100)
+    ap.add_argument("--plain-deltas", type=int, default=100)
+    args = ap.parse_args()
+    # The small MLP stops at max_iter before converging on some folds; that is not the question.
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*Maximum iterations.*")
+    X, y, groups = _data()
+    deltas = [float(d) for d in np.round(np.linspace(0.02, 0.5, args.n_deltas), 4)]
+    scorer = make_policy_scorer(radiation_cost=1.0, miss_penalty=10.0)
+    cv = GroupKFold(5)
+    n_cand = len(deltas) * len(RULES)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"sklearn {sklearn.__version__}; n={len(y)} cases, {len(set(groups))} subjects, "
+        f"{X.shape[1]} features; {len(deltas)} deltas x {len(RULES)} rules = {n_cand} "
+        "candidates, GroupKFold(5)"
+    )
+    rows = []
+    with sklearn.config_context(enable_metadata_routing=True):
+        base = _regressor().set_fit_request(groups=True)
+        t_base, _ = _timed(lambda: cross_validate(base, X, y, params={"groups": groups}, cv=cv))
+        rows.append(("baseline: cross_validate of the regressor (5 fits)", t_base, ""))
+
+        plain_deltas = deltas[:: max(1, len(deltas) // args.plain_deltas)][: args.plain_deltas]
+        policy = SelectiveImagingPolicy(_regressor()).set_fit_request(groups=True)
+        search = GridSearchCV(
+            policy, {"rule": RULES, "delta": plain_deltas}, scoring=scorer, cv=cv, refit=False
+        )
+        t_plain, _ = _timed(lambda: search.fit(X, y, groups=groups))
+        note = ""
+        if len(plain_deltas) < len(deltas):
+            t_plain *= len(deltas) / len(plain_deltas)
+            note = (
+                f"timed on {len(plain_deltas)} deltas, scaled x{len(deltas) / len(plain_deltas):g}"
+            )
+        rows.append(("GridSearchCV, plain", t_plain, note))
+
+        with tempfile.TemporaryDirectory() as cache:
+            policy = SelectiveImagingPolicy(_regressor(), memory=cache).set_fit_request(groups=True)
+            search = GridSearchCV(
+                policy, {"rule": RULES, "delta": deltas}, scoring=scorer, cv=cv, refit=False
+            )
+            t_cached, _ = _timed(lambda: search.fit(X, y, groups=groups))
+            cached_best = search.best_score_
+        rows.append(("GridSearchCV, memory= (cached fits)", t_cached, ""))
+
+        twin = SelectiveImagingPolicyCV(_regressor(), rules=RULES, deltas=deltas, cv=cv)
+        # It includes its final refit on all data (one more fit than the GridSearchCVs).
+        t_twin, _ = _timed(lambda: twin.fit(X, y, groups=groups))
+        rows.append(("SelectiveImagingPolicyCV (incl. final refit)", t_twin, ""))
+    assert abs(twin.best_score_ - cached_best) < 1e-12, (twin.best_score_, cached_best)
+
+    print(f"\n| {'method':<52} | {'time (s)':>9} | {'x baseline':>10} | note")
+    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 12}|------")
+    for name, t, note in rows:
+        print(f"| {name:<52} | {t:9.2f} | {t / t_base:10.2f} | {note}")
+    print(
+        f"\nbest: rule={twin.best_rule_}, delta={twin.best_delta_}, utility={twin.best_score_:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
