@@ -7,6 +7,8 @@ policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 
 from skddh.conformal import OneSidedConformalRegressor
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
+from skddh.featurize import SimSiamFeaturizer
+from skddh.heads import MeasurementRegressor
 from skddh.metrics import make_policy_scorer
 from skddh.plotting import CoverageDisplay, DecisionCurveDisplay
 from skddh.policy import SelectiveImagingPolicy
@@ -17,9 +19,11 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CoverageDisplay",
     "DecisionCurveDisplay",
+    "MeasurementRegressor",
     "OneSidedConformalRegressor",
     "SelectiveImagingPolicy",
     "SelectiveImagingPolicyCV",
+    "SimSiamFeaturizer",
     "__version__",
     "load_image_table",
     "make_hip_cohort",

@@ -1,0 +1,5 @@
+"""Self-supervised featurisation: SimSiam pretraining of a timm encoder, batched on the device."""
+
+from skddh.featurize._simsiam import SimSiamFeaturizer
+
+__all__ = ["SimSiamFeaturizer"]

@@ -1,0 +1,122 @@
+"""Batched, per-sample augmentation for grayscale ultrasound and X-ray, on the training device.
+
+Every parameter is drawn per sample from a local generator, and applied to the whole batch
+in a few tensor ops: one ``affine_grid`` + ``grid_sample`` does the random resized crop,
+flip, small rotation and resize together; intensity changes broadcast per-sample scalars;
+blur is one grouped convolution with a per-sample kernel; speckle is multiplicative noise.
+We write this ourselves because torchvision's v2 transforms draw one set of parameters per
+call (per batch when given a batch) and kornia's defaults take slow per-sample paths for
+some ops (their issue trackers document both); per-sample draws in batched ops are what a
+fast SimSiam loop needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Augmentation strengths (the SimSiam recipe, tuned for grayscale medical images)."""
+
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    rotation: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    gamma: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+    speckle_p: float = 0.5
+    speckle: float = 0.15
+
+
+def _uniform(n, lo, hi, gen, device):
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+
+def _crop_grid(n, size, p: AugmentParams, gen, device):
+    """Sampling grids for per-sample random resized crop, flip and rotation."""
+    area = _uniform(n, *p.crop_scale, gen, device)
+    log_r = _uniform(n, math.log(p.crop_ratio[0]), math.log(p.crop_ratio[1]), gen, device)
+    ratio = torch.exp(log_r)
+    sx = torch.sqrt(area * ratio).clamp(max=1.0)  # half-widths in normalised coordinates
+    sy = torch.sqrt(area / ratio).clamp(max=1.0)
+    tx = (1 - sx) * _uniform(n, -1.0, 1.0, gen, device)
+    ty = (1 - sy) * _uniform(n, -1.0, 1.0, gen, device)
+    angle = torch.deg2rad(_uniform(n, -p.rotation, p.rotation, gen, device))
+    flip = torch.where(torch.rand(n, generator=gen, device=device) < p.flip_p, -1.0, 1.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [
+            torch.stack([sx * cos * flip, -sy * sin, tx], dim=1),
+            torch.stack([sx * sin * flip, sy * cos, ty], dim=1),
+        ],
+        dim=1,
+    )
+    return F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+
+
+def _blur(x, sigma):
+    """Separable Gaussian blur with one sigma per sample (grouped convolution)."""
+    n, c, h, w = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (n * c, K)
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(
+        F.pad(y, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * c
+    )
+    y = F.conv2d(
+        F.pad(y, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=n * c
+    )
+    return y.reshape(n, c, h, w)
+
+
+def augment(x: torch.Tensor, size: int, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
+    """One random view per image.
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, C, H, W), float in [0, 1], on the training device
+    size : int
+        Output side in pixels.
+    p : AugmentParams
+    gen : torch.Generator on ``x.device``
+
+    Returns
+    -------
+    Tensor of shape (n, C, size, size), float in [0, 1]
+    """
+    n, dev = x.shape[0], x.device
+    grid = _crop_grid(n, size, p, gen, dev).to(x.dtype)
+    v = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    shape = (n, 1, 1, 1)
+    bright = _uniform(n, -p.brightness, p.brightness, gen, dev).view(shape)
+    contrast = _uniform(n, 1 - p.contrast, 1 + p.contrast, gen, dev).view(shape)
+    log_g = math.log1p(p.gamma)
+    gamma = torch.exp(_uniform(n, -log_g, log_g, gen, dev)).view(shape)
+    mean = v.mean(dim=(1, 2, 3), keepdim=True)
+    v = ((v - mean) * contrast + mean + bright).clamp(1e-6, 1.0) ** gamma
+    if p.blur_p > 0:
+        sigma = _uniform(n, *p.blur_sigma, gen, dev)
+        off = torch.rand(n, generator=gen, device=dev) >= p.blur_p
+        sigma = torch.where(off, torch.full_like(sigma, 1e-3), sigma)  # ~ identity kernel
+        v = _blur(v, sigma)
+    if p.speckle_p > 0:
+        amp = _uniform(n, 0.0, p.speckle, gen, dev)
+        amp = torch.where(torch.rand(n, generator=gen, device=dev) < p.speckle_p, amp, 0.0)
+        noise = torch.randn(v.shape, generator=gen, device=dev, dtype=v.dtype)
+        v = v * (1 + amp.view(shape) * noise)
+    return v.clamp(0.0, 1.0)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Fixed standardisation of [0, 1] images (no data-dependent state to fit)."""
+    return (x - 0.5) / 0.25

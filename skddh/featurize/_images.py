@@ -1,0 +1,125 @@
+"""Image inputs for the torch estimators: arrays, lazy array-likes and file paths, in batches.
+
+A registry of 50k images must not need 50k decoded images at once: file paths and lazy
+array-likes (``SyntheticImageRegistry``) are read one batch at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def _is_paths(X) -> bool:
+    if isinstance(X, (str, os.PathLike)):
+        return True
+    if isinstance(X, np.ndarray):
+        return X.dtype.kind in "UO" and X.ndim == 1
+    if isinstance(X, (list, tuple)) and len(X) > 0:
+        return isinstance(X[0], (str, os.PathLike))
+    if isinstance(X, pd.Series):
+        return X.dtype.kind in "UO"
+    return False
+
+
+class ImageSource:
+    """Uniform batched access to images given as an array, a lazy array-like or file paths.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, H, W) or (n, C, H, W), lazy array-like, or sequence of paths
+    image_size : int
+        File images are letterboxed to this square size when read (arrays keep theirs; the
+        estimator resizes batches on its device).
+    """
+
+    def __init__(self, X, image_size: int):
+        self.image_size = image_size
+        if _is_paths(X):
+            paths = [X] if isinstance(X, (str, os.PathLike)) else list(X)
+            if len(paths) == 0:
+                raise ValueError("X is empty: 0 images.")
+            for i, p in enumerate(paths):
+                if not isinstance(p, (str, os.PathLike)):
+                    raise TypeError(f"X[{i}] is {type(p).__name__}, expected a file path.")
+                if not Path(p).is_file():
+                    raise ValueError(f"X[{i}] = {str(p)!r} is not a file.")
+            self.paths = [Path(p) for p in paths]
+            self.array = None
+            self.n, self.channels = len(paths), 1
+            self.shape = (self.n, 1, image_size, image_size)
+            self.dtype = np.dtype(np.uint8)
+            return
+        self.paths = None
+        if not hasattr(X, "shape") or not hasattr(X, "__getitem__"):
+            X = np.asarray(X)
+        shape = tuple(X.shape)
+        if len(shape) not in (3, 4):
+            raise ValueError(
+                f"X must hold images of shape (n, H, W) or (n, C, H, W), got {len(shape)}-D "
+                f"shape {shape}; reshape flattened images first."
+            )
+        if shape[0] == 0:
+            raise ValueError("X is empty: 0 images.")
+        dtype = np.dtype(X.dtype)
+        if dtype.kind not in "uf" or (dtype.kind == "u" and dtype not in _SCALES):
+            raise TypeError(f"X must be uint8, uint16 or float images, got dtype {dtype}.")
+        self.array = X
+        self.n = shape[0]
+        self.channels = 1 if len(shape) == 3 else shape[1]
+        self.shape = (self.n, self.channels, shape[-2], shape[-1])
+        self.dtype = dtype
+        if isinstance(X, np.ndarray) and dtype.kind == "f":
+            self._check_finite(X, 0)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.array, np.ndarray)
+
+    def materialize(self) -> None:
+        """Decode a lazy array-like once (e.g. before several epochs), if it is not already."""
+        if self.array is not None and not self.in_memory:
+            self.array = np.asarray(self.array)
+            if self.dtype.kind == "f":
+                self._check_finite(self.array, 0)
+
+    @staticmethod
+    def _check_finite(arr, offset):
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(f"X has NaN or infinite pixels in image {offset + int(bad.argmax())}.")
+
+    def read(self, index) -> np.ndarray:
+        """Images ``index`` (a slice or an index array) as (b, C, H, W), in X's dtype."""
+        if self.paths is not None:
+            from skddh.datasets._io import _letterbox, _read_image
+
+            idx = range(self.n)[index] if isinstance(index, slice) else index
+            out = np.empty((len(idx), 1, self.image_size, self.image_size), np.uint8)
+            for j, i in enumerate(idx):
+                img, _ = _read_image(self.paths[int(i)], 0)
+                out[j, 0] = _letterbox(img, self.image_size)[0]
+            return out
+        if isinstance(index, slice) or self.in_memory:
+            batch = np.asarray(self.array[index])
+        else:  # lazy array-likes are read by contiguous runs
+            batch = np.stack([np.asarray(self.array[int(i)]) for i in index])
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        if self.dtype.kind == "f" and not self.in_memory:
+            start = (index.start or 0) if isinstance(index, slice) else 0
+            self._check_finite(batch, start)
+        return batch
+
+    def scale(self) -> float:
+        """Divide by this to map pixel values to [0, 1] (1 for float images)."""
+        return _SCALES.get(self.dtype, 1.0)

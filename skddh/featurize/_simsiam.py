@@ -1,0 +1,475 @@
+"""SimSiamFeaturizer: self-supervised pretraining of a timm encoder, then frozen features.
+
+SimSiam (Chen & He, CVPR 2021): two augmented views, an encoder + projector, a predictor on
+one branch, and the symmetric negative cosine loss with a stop-gradient on the other. No
+negatives, no momentum encoder. The DDH paper (arXiv 2511.18457) pretrains a ResNet-18 this
+way on its unlabelled registry and freezes it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
+
+from skddh.featurize._images import ImageSource
+
+# Keep resident-on-GPU uint8 data under this share of free device memory.
+_RESIDENT_SHARE = 0.4
+# Decode a lazy array-like once when it is at most this large (bytes), else stream it.
+_MATERIALIZE_BYTES = 8 * 2**30
+
+
+def _build(backbone, in_chans, proj_dim, pred_dim):
+    import timm
+    from torch import nn
+
+    encoder = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans)
+    d = encoder.num_features
+    projector = nn.Sequential(
+        nn.Linear(d, proj_dim, bias=False),
+        nn.BatchNorm1d(proj_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(proj_dim, proj_dim, bias=False),
+        nn.BatchNorm1d(proj_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(proj_dim, proj_dim, bias=False),
+        nn.BatchNorm1d(proj_dim, affine=False),
+    )
+    predictor = nn.Sequential(
+        nn.Linear(proj_dim, pred_dim, bias=False),
+        nn.BatchNorm1d(pred_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(pred_dim, proj_dim),
+    )
+    return encoder, projector, predictor
+
+
+class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
+    """Self-supervised SimSiam pretraining of a timm encoder; ``transform`` gives its features.
+
+    Parameters
+    ----------
+    backbone : str, default="resnet18"
+        Any timm model name (``resnet18`` and ``convnext_tiny`` are tested). Always built with
+        ``pretrained=False``: nothing is downloaded, ever. ``in_chans`` comes from the data.
+    image_size : int, default=224
+        Side of the square views the encoder sees (arrays are resized on the device; file
+        images are letterboxed when read).
+    epochs : int, default=10
+    batch_size : int, default=256
+        Halved, with a warning, on a device out-of-memory error.
+    lr : float, default=0.05
+        Base learning rate for SGD at batch size 256 (scaled linearly), cosine schedule; the
+        predictor keeps a fixed rate, as in SimSiam.
+    weight_decay : float, default=1e-4
+    projection_dim : int, default=2048
+    prediction_dim : int, default=512
+    crop_scale : tuple of float, default=(0.4, 1.0)
+        Area range of the random resized crop.
+    rotation : float, default=10.0
+        Maximum rotation in degrees.
+    brightness, contrast, gamma : float, default=0.2
+        Intensity jitter strengths.
+    blur_p : float, default=0.5
+        Probability of a Gaussian blur (sigma 0.1-1.5 px).
+    speckle : float, default=0.15
+        Maximum strength of multiplicative speckle noise (applied with probability 0.5).
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available.
+    precision : {"auto", "fp32", "bf16"}, default="auto"
+        ``"auto"``: bf16 autocast on CUDA, float32 elsewhere.
+    compile : bool, default=False
+        ``torch.compile`` the training step's model.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, shuffling and augmentation (local generators only). On
+        the CPU the same seed gives the same features; on a GPU, cuDNN may not.
+    verbose : int, default=0
+        Progress bar per epoch when > 0.
+
+    Attributes
+    ----------
+    encoder_ : torch.nn.Module
+        The pretrained encoder, frozen, in eval mode (projector and predictor are dropped).
+    history_ : DataFrame
+        Per epoch: ``loss``, ``images_per_s``, ``batch_size``, ``seconds``.
+    n_features_out_ : int
+        Feature dimension (512 for ResNet-18).
+    n_channels_in_ : int
+        Image channels seen in ``fit``.
+    device_ : str
+        Device fitted on.
+
+    References
+    ----------
+    Chen & He, "Exploring simple Siamese representation learning", CVPR 2021; the DDH paper,
+    arXiv 2511.18457.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skddh import SimSiamFeaturizer
+    >>> images = np.random.default_rng(0).integers(0, 255, (16, 32, 32), dtype=np.uint8)
+    >>> enc = SimSiamFeaturizer(image_size=32, epochs=1, batch_size=8, projection_dim=32,
+    ...                         prediction_dim=16, device="cpu", random_state=0).fit(images)
+    >>> enc.transform(images[:3]).shape
+    (3, 512)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str],
+        "image_size": [Interval(Integral, 8, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "projection_dim": [Interval(Integral, 1, None, closed="left")],
+        "prediction_dim": [Interval(Integral, 1, None, closed="left")],
+        "crop_scale": [tuple],
+        "rotation": [Interval(Real, 0, 180, closed="both")],
+        "brightness": [Interval(Real, 0, 1, closed="both")],
+        "contrast": [Interval(Real, 0, 1, closed="both")],
+        "gamma": [Interval(Real, 0, None, closed="left")],
+        "blur_p": [Interval(Real, 0, 1, closed="both")],
+        "speckle": [Interval(Real, 0, None, closed="left")],
+        "device": [str],
+        "precision": [StrOptions({"auto", "fp32", "bf16"})],
+        "compile": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="resnet18",
+        *,
+        image_size=224,
+        epochs=10,
+        batch_size=256,
+        lr=0.05,
+        weight_decay=1e-4,
+        projection_dim=2048,
+        prediction_dim=512,
+        crop_scale=(0.4, 1.0),
+        rotation=10.0,
+        brightness=0.2,
+        contrast=0.2,
+        gamma=0.2,
+        blur_p=0.5,
+        speckle=0.15,
+        device="auto",
+        precision="auto",
+        compile=False,
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.image_size = image_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.projection_dim = projection_dim
+        self.prediction_dim = prediction_dim
+        self.crop_scale = crop_scale
+        self.rotation = rotation
+        self.brightness = brightness
+        self.contrast = contrast
+        self.gamma = gamma
+        self.blur_p = blur_p
+        self.speckle = speckle
+        self.device = device
+        self.precision = precision
+        self.compile = compile
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ---- fitting ---------------------------------------------------------------------------
+    def _augment_params(self):
+        from skddh.featurize._augment import AugmentParams
+
+        lo, hi = (float(v) for v in self.crop_scale)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(
+                f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}."
+            )
+        return AugmentParams(
+            crop_scale=(lo, hi),
+            rotation=float(self.rotation),
+            brightness=float(self.brightness),
+            contrast=float(self.contrast),
+            gamma=float(self.gamma),
+            blur_p=float(self.blur_p),
+            speckle=float(self.speckle),
+        )
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Pretrain the encoder with SimSiam on unlabelled images.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, H, W) or (n, C, H, W), lazy array-like, or sequence of paths
+            uint8, uint16 or float images (floats in [0, 1]); at least 2 images.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        from skddh import _torch as T
+        from skddh.featurize._augment import augment, normalize
+
+        aug = self._augment_params()
+        src = ImageSource(X, self.image_size)
+        if src.n < 2:
+            raise ValueError(f"SimSiam needs at least 2 images (batch norm), got {src.n}.")
+        device = T.resolve_device(self.device)
+        amp = T.resolve_dtype(self.precision, device)
+        seed = T.seed_from(self.random_state)
+        with T.seeded(seed):
+            encoder, projector, predictor = _build(
+                self.backbone, src.channels, self.projection_dim, self.prediction_dim
+            )
+        model = torch.nn.ModuleDict({"encoder": encoder, "projector": projector}).to(device)
+        predictor = predictor.to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        batch = min(self.batch_size, src.n)
+        base_lr = self.lr * batch / 256
+        optim = torch.optim.SGD(
+            [
+                {"params": model.parameters(), "fix_lr": False},
+                {"params": predictor.parameters(), "fix_lr": True},
+            ],
+            lr=base_lr,
+            momentum=0.9,
+            weight_decay=self.weight_decay,
+        )
+        step_fn = self._make_step(model, predictor, optim, device, amp, aug, augment, normalize)
+        data = self._stage(src, device)
+        gen = T.generator(device, seed + 1)
+        cpu_gen = T.generator(torch.device("cpu"), seed + 2)
+        history = []
+        total_steps = self.epochs * max(1, src.n // batch)
+        step_i = 0
+        for epoch in range(self.epochs):
+            model.train()
+            predictor.train()
+            order = torch.randperm(src.n, generator=cpu_gen)
+            t0, seen, losses = time.perf_counter(), 0, []
+            bar = self._progress(epoch, src.n)
+            start = 0
+            while start + 2 <= src.n:
+                idx = order[start : start + batch]
+                if len(idx) < 2:
+                    break
+                lr = base_lr * 0.5 * (1 + np.cos(np.pi * min(step_i, total_steps) / total_steps))
+                for g in optim.param_groups:
+                    g["lr"] = base_lr if g["fix_lr"] else lr
+                x = self._batch(data, src, idx, device)
+                try:
+                    loss = step_fn(x, gen)
+                except RuntimeError as exc:  # out of memory: halve the batch, go on
+                    if not T.is_oom(exc) or batch <= 2:
+                        raise
+                    optim.zero_grad(set_to_none=True)
+                    del x
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    batch //= 2
+                    warnings.warn(
+                        f"out of memory on {device}: batch_size halved to {batch}.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                losses.append(loss)
+                seen += len(idx)
+                start += len(idx)
+                step_i += 1
+                if bar is not None:
+                    bar.update(len(idx))
+            if bar is not None:
+                bar.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": mean_loss,
+                    "images_per_s": seen / secs if secs > 0 else float("nan"),
+                    "batch_size": batch,
+                    "seconds": secs,
+                }
+            )
+        encoder = model["encoder"].eval()
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder_ = encoder
+        self.history_ = pd.DataFrame(history).set_index("epoch")
+        self.n_features_out_ = int(encoder.num_features)
+        self.n_channels_in_ = src.channels
+        self.device_ = str(device)
+        return self
+
+    def _make_step(self, model, predictor, optim, device, amp, aug, augment, normalize):
+        import torch
+        import torch.nn.functional as F
+
+        from skddh import _torch as T
+
+        size = self.image_size
+        cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+        def forward(v1, v2):
+            v = torch.cat([v1, v2]).contiguous(memory_format=cl)
+            z = model["projector"](model["encoder"](v))
+            p = predictor(z)
+            z1, z2 = z.chunk(2)
+            p1, p2 = p.chunk(2)
+            return -0.5 * (
+                F.cosine_similarity(p1, z2.detach(), dim=-1).mean()
+                + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()
+            )
+
+        fwd = torch.compile(forward) if self.compile else forward
+
+        def step(x, gen):
+            v1 = normalize(augment(x, size, aug, gen))
+            v2 = normalize(augment(x, size, aug, gen))
+            with T.autocast(device, amp):
+                loss = fwd(v1, v2)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            return loss.detach().float()
+
+        return step
+
+    def _stage(self, src, device):
+        """Put the training images where batches are cheapest to take from."""
+        import torch
+
+        if src.paths is not None:
+            return None  # streamed from disk per batch
+        if not src.in_memory:
+            if src.nbytes > _MATERIALIZE_BYTES:
+                return None
+            src.materialize()
+        arr = np.ascontiguousarray(src.array)
+        if arr.ndim == 3:
+            arr = arr[:, None]
+        t = torch.from_numpy(arr)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if t.nbytes < _RESIDENT_SHARE * free:
+                return t.to(device)  # uint8 stays uint8 on the GPU: 4x less than float
+            return t.pin_memory()
+        return t
+
+    def _batch(self, data, src, idx, device):
+        """A float [0, 1] batch at ``image_size`` on ``device``."""
+        import torch
+        import torch.nn.functional as F
+
+        if data is None:
+            x = torch.from_numpy(src.read(np.sort(idx.numpy())))
+        else:
+            x = data[idx.to(data.device)]
+        x = x.to(device, non_blocking=True).float() / src.scale()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            )
+        return x
+
+    def _progress(self, epoch, n):
+        if not self.verbose:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=n, desc=f"SimSiam epoch {epoch + 1}/{self.epochs}", unit="img")
+
+    # ---- features --------------------------------------------------------------------------
+    def transform(self, X):
+        """Pooled encoder features, batched, in inference mode.
+
+        Parameters
+        ----------
+        X : images as in :meth:`fit` (same number of channels)
+
+        Returns
+        -------
+        ndarray of shape (n, n_features_out_), float32
+        """
+        import torch
+
+        from skddh import _torch as T
+        from skddh.featurize._augment import normalize
+
+        check_is_fitted(self)
+        src = ImageSource(X, self.image_size)
+        if src.channels != self.n_channels_in_:
+            raise ValueError(
+                f"X has {src.channels} channel(s) but the encoder was fitted on "
+                f"{self.n_channels_in_}."
+            )
+        device = T.resolve_device(self.device)
+        amp = T.resolve_dtype(self.precision, device)
+        encoder = self.encoder_.to(device).eval()
+        cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        out = np.empty((src.n, self.n_features_out_), np.float32)
+        step = max(1, self.batch_size)
+        with torch.inference_mode():
+            for start in range(0, src.n, step):
+                sl = slice(start, min(src.n, start + step))
+                x = torch.from_numpy(np.ascontiguousarray(src.read(sl)))
+                x = self._resize(x.to(device, non_blocking=True).float() / src.scale())
+                with T.autocast(device, amp):
+                    f = encoder(normalize(x).contiguous(memory_format=cl))
+                out[sl] = T.to_numpy(f)
+        return out
+
+    def _resize(self, x):
+        import torch.nn.functional as F
+
+        if x.shape[-1] == self.image_size and x.shape[-2] == self.image_size:
+            return x
+        return F.interpolate(
+            x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+        )
+
+    def get_feature_names_out(self, input_features=None):
+        """``simsiam0`` ... ``simsiam{d-1}``."""
+        check_is_fitted(self)
+        return np.asarray([f"simsiam{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    # ---- pickling and tags -----------------------------------------------------------------
+    def __getstate__(self):
+        from skddh import _torch as T
+
+        state = super().__getstate__()
+        if "encoder_" in state:
+            state["encoder_"] = T.cpu_state(state["encoder_"])
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.non_deterministic = self.device != "cpu"
+        tags.requires_fit = True
+        return tags

@@ -1,0 +1,340 @@
+"""MeasurementRegressor: a small torch MLP head for named measurements on frozen features.
+
+Regression targets (Graf alpha, beta, coverage; AI, CE) train with a weighted L1 loss,
+classification targets (IHDI grade) with cross-entropy, in one network (the DDH paper,
+arXiv 2511.18457: 512 -> 128 -> k). Our own loop, small on purpose: no hidden validation
+split, a ``random_state``, 1-D and 2-D targets both handled.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn_compat.base import _fit_context
+
+
+class MeasurementRegressor(RegressorMixin, BaseEstimator):
+    """MLP head (features -> hidden -> measurements): L1 for angles, cross-entropy for grades.
+
+    Parameters
+    ----------
+    hidden : int, default=128
+        Width of the hidden layer.
+    loss_weights : dict or array-like, default=None
+        Weight per target (by name or position); equal weights by default.
+    classification_targets : tuple of str or int, default=()
+        Targets (names or column positions) that are class labels, e.g. ``("ihdi",)``.
+    epochs : int, default=300
+    lr : float, default=1e-3
+        Adam learning rate.
+    weight_decay : float, default=1e-4
+    batch_size : int, default=64
+    dropout : float, default=0.1
+    standardize_targets : bool, default=True
+        Fit regression targets in standard units (so L1 weights compare across units).
+    device : str, default="auto"
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The trained network (eval mode).
+    history_ : DataFrame
+        Training loss per epoch.
+    target_names_ : ndarray of str
+    classes_ : dict
+        Class labels per classification target.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        When X had string column names.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from skddh import MeasurementRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 8)).astype("float32")
+    >>> y = pd.DataFrame({"alpha": 60 + 5 * X[:, 0], "ihdi": 1 + (X[:, 1] > 1)})
+    >>> head = MeasurementRegressor(hidden=32, classification_targets=("ihdi",), epochs=50,
+    ...                             device="cpu", random_state=0).fit(X, y)
+    >>> head.predict(X[:2]).shape, head.classes_["ihdi"].tolist()
+    ((2, 2), [1, 2])
+    """
+
+    _parameter_constraints: dict = {
+        "hidden": [Interval(Integral, 1, None, closed="left")],
+        "loss_weights": [dict, "array-like", None],
+        "classification_targets": [tuple, list],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "standardize_targets": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        hidden=128,
+        *,
+        loss_weights=None,
+        classification_targets=(),
+        epochs=300,
+        lr=1e-3,
+        weight_decay=1e-4,
+        batch_size=64,
+        dropout=0.1,
+        standardize_targets=True,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.hidden = hidden
+        self.loss_weights = loss_weights
+        self.classification_targets = classification_targets
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.dropout = dropout
+        self.standardize_targets = standardize_targets
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ---- targets ------------------------------------------------------------------------
+    def _targets(self, y):
+        if isinstance(y, pd.Series):
+            y = y.to_frame(name="y0" if y.name is None else y.name)
+            self._y_1d = True
+        elif isinstance(y, pd.DataFrame):
+            self._y_1d = False
+        else:
+            arr = np.asarray(y)
+            self._y_1d = arr.ndim == 1
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            if arr.ndim != 2:
+                raise ValueError(f"y must be 1-D or 2-D, got {arr.ndim} dimensions.")
+            y = pd.DataFrame(arr, columns=[f"y{j}" for j in range(arr.shape[1])])
+        y = y.rename(columns=str).reset_index(drop=True)
+        names = list(y.columns)
+        cls = []
+        for t in self.classification_targets:
+            name = names[t] if isinstance(t, Integral) and 0 <= t < len(names) else str(t)
+            if name not in names:
+                raise ValueError(
+                    f"classification_targets names {t!r}, not a target; targets are {names}."
+                )
+            cls.append(name)
+        return y, names, cls
+
+    def _weights(self, names):
+        if self.loss_weights is None:
+            return np.ones(len(names))
+        if isinstance(self.loss_weights, dict):
+            unknown = sorted(set(self.loss_weights) - set(names))
+            if unknown:
+                raise ValueError(f"loss_weights names unknown target(s) {unknown}.")
+            w = np.array([float(self.loss_weights.get(t, 1.0)) for t in names])
+        else:
+            w = np.asarray(self.loss_weights, dtype=float).ravel()
+            if len(w) != len(names):
+                raise ValueError(f"loss_weights has {len(w)} entries for {len(names)} targets.")
+        if (w < 0).any() or not np.isfinite(w).all():
+            raise ValueError("loss_weights must be finite and >= 0.")
+        return w
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Train the head.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features (e.g. from :class:`~skddh.SimSiamFeaturizer`).
+        y : DataFrame or array-like of shape (n_samples,) or (n_samples, n_targets)
+            Measurements; NaN is an error.
+
+        Returns
+        -------
+        self
+        """
+        import torch
+        from torch import nn
+
+        from skddh import _torch as T
+
+        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        ydf, names, cls = self._targets(y)
+        if len(ydf) != len(X):
+            raise ValueError(f"X has {len(X)} samples but y has {len(ydf)}.")
+        reg = [t for t in names if t not in cls]
+        y_reg = ydf[reg].to_numpy(dtype=float) if reg else np.zeros((len(X), 0))
+        bad = ~np.isfinite(y_reg)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"y has a NaN or infinite value at row {row}, target {reg[col]!r}.")
+        self.classes_, codes = {}, []
+        for t in cls:
+            col = ydf[t]
+            if col.isna().any():
+                raise ValueError(f"y has a missing class label at row {int(col.isna().argmax())}.")
+            classes, code = np.unique(col.to_numpy(), return_inverse=True)
+            self.classes_[t] = classes
+            codes.append(code)
+        weights = self._weights(names)
+        self.target_names_ = np.asarray(names, dtype=object)
+        self._reg, self._cls = reg, cls
+        self.x_mean_ = X.mean(0)
+        self.x_scale_ = np.where(X.std(0) > 1e-12, X.std(0), 1.0).astype(np.float32)
+        self.y_mean_ = y_reg.mean(0) if self.standardize_targets else np.zeros(len(reg))
+        sd = y_reg.std(0) if len(y_reg) else np.ones(len(reg))
+        self.y_scale_ = (
+            np.where(sd > 1e-12, sd, 1.0) if self.standardize_targets else np.ones(len(reg))
+        )
+
+        device = T.resolve_device(self.device)
+        seed = T.seed_from(self.random_state)
+        n_out = len(reg) + sum(len(self.classes_[t]) for t in cls)
+        with T.seeded(seed):
+            module = nn.Sequential(
+                nn.Linear(X.shape[1], self.hidden),
+                nn.ReLU(),
+                nn.Dropout(self.dropout),
+                nn.Linear(self.hidden, n_out),
+            )
+        module = module.to(device)
+        xt = torch.from_numpy((X - self.x_mean_) / self.x_scale_).to(device)
+        yr = torch.from_numpy(((y_reg - self.y_mean_) / self.y_scale_).astype(np.float32)).to(
+            device
+        )
+        yc = torch.from_numpy(np.stack(codes, 1) if codes else np.zeros((len(X), 0), int)).to(
+            device
+        )
+        w_reg = torch.tensor(
+            weights[[names.index(t) for t in reg]], dtype=torch.float32, device=device
+        )
+        w_cls = [float(weights[names.index(t)]) for t in cls]
+        optim = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        gen = T.generator(torch.device("cpu"), seed + 1)
+        n, bs = len(X), min(self.batch_size, len(X))
+        losses = []
+        epochs = range(self.epochs)
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            epochs = tqdm(epochs, desc="MeasurementRegressor", unit="epoch")
+        with T.seeded(seed + 2):  # dropout masks draw from the global RNG: keep it local
+            for _ in epochs:
+                module.train()
+                order = torch.randperm(n, generator=gen).to(device)
+                total = torch.zeros((), device=device)
+                for start in range(0, n, bs):
+                    idx = order[start : start + bs]
+                    loss = self._loss(module(xt[idx]), yr[idx], yc[idx], w_reg, w_cls)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                    total += loss.detach() * len(idx)
+                losses.append(total / n)
+        self.module_ = module.eval()
+        self.history_ = pd.DataFrame(
+            {"loss": torch.stack(losses).cpu().numpy()},
+            index=pd.RangeIndex(1, self.epochs + 1, name="epoch"),
+        )
+        return self
+
+    def _loss(self, out, yr, yc, w_reg, w_cls):
+        import torch.nn.functional as F
+
+        k = yr.shape[1]
+        loss = (out[:, :k] - yr).abs().mean(0) @ w_reg if k else out.sum() * 0
+        start = k
+        for j, t in enumerate(self._cls):
+            m = len(self.classes_[t])
+            loss = loss + w_cls[j] * F.cross_entropy(out[:, start : start + m], yc[:, j])
+            start += m
+        return loss
+
+    # ---- prediction ---------------------------------------------------------------------
+    def _forward(self, X):
+        import torch
+
+        from skddh import _torch as T
+
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        device = T.resolve_device(self.device)
+        module = self.module_.to(device).eval()
+        with torch.inference_mode():
+            xt = torch.from_numpy((X - self.x_mean_) / self.x_scale_).to(device)
+            return T.to_numpy(module(xt)).astype(np.float64)
+
+    def predict(self, X):
+        """Every target: measurements in their units, class labels for the grades.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_targets), columns in ``target_names_``
+        """
+        out = self._forward(X)
+        k = len(self._reg)
+        cols = {t: out[:, j] * self.y_scale_[j] + self.y_mean_[j] for j, t in enumerate(self._reg)}
+        start = k
+        for t in self._cls:
+            m = len(self.classes_[t])
+            cols[t] = self.classes_[t][out[:, start : start + m].argmax(1)]
+            start += m
+        pred = np.column_stack([cols[t] for t in self.target_names_])
+        if all(np.asarray(cols[t]).dtype.kind in "iuf" for t in self.target_names_):
+            pred = pred.astype(float)
+        return pred[:, 0] if self._y_1d else pred
+
+    @available_if(lambda self: len(self.classification_targets) > 0)
+    def predict_proba(self, X):
+        """Class probabilities of the classification targets.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes) for one classification target, else a list
+        of them in the order of ``classification_targets``.
+        """
+        out = self._forward(X)
+        start, probs = len(self._reg), []
+        for t in self._cls:
+            m = len(self.classes_[t])
+            logits = out[:, start : start + m]
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            probs.append(e / e.sum(1, keepdims=True))
+            start += m
+        return probs[0] if len(probs) == 1 else probs
+
+    def __getstate__(self):
+        from skddh import _torch as T
+
+        state = super().__getstate__()
+        if "module_" in state:
+            state["module_"] = T.cpu_state(state["module_"])
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        tags.non_deterministic = self.device != "cpu"
+        return tags
