@@ -30,12 +30,13 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         Weight per target (by name or position); equal weights by default.
     classification_targets : tuple of str or int, default=()
         Targets (names or column positions) that are class labels, e.g. ``("ihdi",)``.
-    epochs : int, default=300
+    epochs : int, default=100
     lr : float, default=1e-3
         Adam learning rate.
     weight_decay : float, default=1e-4
     batch_size : int, default=64
-    dropout : float, default=0.1
+    dropout : float, default=0.2
+        Dropout after the hidden layer: a few hundred labelled images overfit easily.
     standardize_targets : bool, default=True
         Fit regression targets in standard units (so L1 weights compare across units).
     device : str, default="auto"
@@ -89,11 +90,11 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         *,
         loss_weights=None,
         classification_targets=(),
-        epochs=300,
+        epochs=100,
         lr=1e-3,
         weight_decay=1e-4,
         batch_size=64,
-        dropout=0.1,
+        dropout=0.2,
         standardize_targets=True,
         device="auto",
         random_state=None,
@@ -201,7 +202,11 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         self.target_names_ = np.asarray(names, dtype=object)
         self._reg, self._cls = reg, cls
         self.x_mean_ = X.mean(0)
-        self.x_scale_ = np.where(X.std(0) > 1e-12, X.std(0), 1.0).astype(np.float32)
+        # Frozen-encoder features often hold near-constant dimensions; dividing by their tiny
+        # spread would blow small test-time differences up, so the scale has a floor.
+        sd = X.std(0)
+        floor = max(1e-2 * float(sd.mean()), 1e-6)
+        self.x_scale_ = np.maximum(sd, floor).astype(np.float32)
         self.y_mean_ = y_reg.mean(0) if self.standardize_targets else np.zeros(len(reg))
         sd = y_reg.std(0) if len(y_reg) else np.ones(len(reg))
         self.y_scale_ = (

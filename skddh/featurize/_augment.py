@@ -62,10 +62,14 @@ def _crop_grid(n, size, p: AugmentParams, gen, device):
     return F.affine_grid(theta, (n, 1, size, size), align_corners=False)
 
 
-def _blur(x, sigma):
-    """Separable Gaussian blur with one sigma per sample (grouped convolution)."""
+def _blur(x, sigma, max_sigma):
+    """Separable Gaussian blur with one sigma per sample (grouped convolution).
+
+    The kernel radius comes from the largest sigma that can be drawn, not from the drawn
+    ones: reading those back would synchronise the GPU on every step.
+    """
     n, c, h, w = x.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
+    radius = max(1, math.ceil(3 * max_sigma))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (n * c, K)
@@ -108,7 +112,7 @@ def augment(x: torch.Tensor, size: int, p: AugmentParams, gen: torch.Generator) 
         sigma = _uniform(n, *p.blur_sigma, gen, dev)
         off = torch.rand(n, generator=gen, device=dev) >= p.blur_p
         sigma = torch.where(off, torch.full_like(sigma, 1e-3), sigma)  # ~ identity kernel
-        v = _blur(v, sigma)
+        v = _blur(v, sigma, p.blur_sigma[1])
     if p.speckle_p > 0:
         amp = _uniform(n, 0.0, p.speckle, gen, dev)
         amp = torch.where(torch.rand(n, generator=gen, device=dev) < p.speckle_p, amp, 0.0)

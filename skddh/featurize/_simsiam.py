@@ -413,7 +413,7 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n, n_features_out_), float32
+        ndarray of shape (n, ``n_features_out_``), float32
         """
         import torch
 
