@@ -10,6 +10,7 @@ Each modality's encoder is pretrained on its unlabelled registry; heads are trai
 training subjects and scored (MAE) on the test subjects.
 
     python benchmarks/bench_learning.py [--size 64] [--epochs 20] [--n-us 2000] [--n-xr 1000]
+        [--n-subjects 75] [--crop-min 0.4]
 """
 
 import argparse
@@ -30,7 +31,9 @@ def _features(registry, images, args, seed):
         image_size=args.size, batch_size=args.batch_size, device=args.device, random_state=seed
     )
     t = time.perf_counter()
-    sim = SimSiamFeaturizer(epochs=args.epochs, lr=args.lr, **common).fit(registry)
+    sim = SimSiamFeaturizer(
+        epochs=args.epochs, lr=args.lr, crop_scale=(args.crop_min, 1.0), **common
+    ).fit(registry)
     secs = time.perf_counter() - t
     rand = SimSiamFeaturizer(epochs=1, lr=1e-12, **common).fit(registry)  # BN stats only
     return sim.transform(images), rand.transform(images), sim.history_, secs
@@ -44,11 +47,14 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--n-us", type=int, default=2000)
     ap.add_argument("--n-xr", type=int, default=1000)
+    ap.add_argument("--n-subjects", type=int, default=75, help="labelled cohort (paper: 75)")
+    ap.add_argument("--crop-min", type=float, default=0.4, help="smallest crop area share")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     cohort = make_hip_cohort(
+        n_subjects=args.n_subjects,
         image_size=args.size,
         n_registry_us=args.n_us,
         n_registry_xr=args.n_xr,
@@ -58,7 +64,8 @@ def main():
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"{args.size} px; SimSiam {args.epochs} epochs on {args.n_us} US / {args.n_xr} XR "
-        f"registry images; lr {args.lr}, batch {args.batch_size}"
+        f"registry images; lr {args.lr}, batch {args.batch_size}, crop area >= {args.crop_min}; "
+        f"{args.n_subjects} labelled subjects"
     )
     rows = []
     for modality, registry, data, cols in [

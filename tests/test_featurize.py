@@ -93,9 +93,10 @@ def test_same_random_state_same_features_on_cpu(fitted, images):
 
 def test_loss_falls_on_the_synthetic_registry(small_cohort):
     reg = small_cohort.registry_us  # lazy, 200 images of 32 px
-    enc = _enc(epochs=4, batch_size=32, lr=0.1).fit(reg)
+    enc = _enc(epochs=4, batch_size=32, lr=0.5).fit(reg)
     loss = enc.history_["loss"].to_numpy()
-    assert loss[-1] < loss[0] - 0.01, loss  # negative cosine: -1 is perfect agreement
+    # Negative cosine similarity: -1 is perfect agreement between the two views.
+    assert loss[-1] < loss[0] - 0.03 and loss[-1] < loss[1], loss
 
 
 def test_frozen_in_pipeline_cross_val_and_pickle(fitted, images):

@@ -49,7 +49,7 @@ model = OneSidedConformalRegressor(
     calibration_size=0.25,
     random_state=0,
 )
-policy = SelectiveImagingPolicy(model, rule="or", delta={"alpha": 0.35, "coverage": 0.35})
+policy = SelectiveImagingPolicy(model, rule="alpha", delta=0.2)
 fit_rows = us.split != "test"
 policy.fit(us.images[fit_rows], us.targets[fit_rows], groups=us.subject[fit_rows])
 
@@ -58,6 +58,11 @@ policy.fit(us.images[fit_rows], us.targets[fit_rows], groups=us.subject[fit_rows
 # ----------------------
 # ``predict_lower`` gives the calibrated bounds, ``predict`` the decision (1 = ultrasound
 # suffices). A hip whose bounds cannot be computed is referred.
+#
+# Two epochs on 32 px images teach the encoder little, so the head predicts close to the
+# average hip and the bounds are wide: the policy then passes few hips. That is the
+# fail-safe working, not a bug. ``skddh reproduce --scale paper`` on a GPU trains at the
+# paper's sizes.
 test = us.split == "test"
 bounds = policy.predict_lower(us.images[test])
 decision = policy.predict(us.images[test])
