@@ -79,6 +79,7 @@ class StudyResult:
     seed: int
     mae: pd.DataFrame
     radii: pd.DataFrame
+    radii_by_delta: pd.DataFrame
     coverage: pd.DataFrame
     policy: pd.DataFrame
     n_pairs: int
@@ -211,6 +212,12 @@ def _evaluate(cohort, f_us, f_xr, model, head_xr):
         }
     ).loc[list(model.target_names_)]
 
+    radii_by_delta = pd.DataFrame(
+        [model._quantiles(d) for d in DELTAS],
+        index=pd.Index(DELTAS, name="delta"),
+        columns=list(model.target_names_),
+    )
+
     cov_rows = []
     for d in DELTAS:
         lb = model.predict_lower(f_us[te], delta=d)
@@ -254,6 +261,7 @@ def _evaluate(cohort, f_us, f_xr, model, head_xr):
     return dict(
         mae=mae,
         radii=radii,
+        radii_by_delta=radii_by_delta,
         coverage=cov_table,
         policy=policy,
         n_pairs=len(test_pairs),
@@ -298,6 +306,7 @@ def write_report(result: StudyResult, out) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     result.mae.to_csv(out / "mae.csv", index=False)
     result.radii.to_csv(out / "radii.csv")
+    result.radii_by_delta.to_csv(out / "radii_by_delta.csv")
     result.coverage.to_csv(out / "coverage.csv")
     result.policy.to_csv(out / "policy.csv", index=False)
 
@@ -337,6 +346,10 @@ IHDI grade accuracy (X-ray head, cross-entropy): {mae.attrs.get("ihdi_accuracy",
 ## Calibration radii at delta = 0.10 (n = {result.n_calibration} calibration images)
 
 {_md(result.radii, ".2f")}
+
+Radii q+ per delta (they shrink as delta grows):
+
+{_md(result.radii_by_delta, ".2f")}
 
 ## Empirical coverage on the test images, per delta
 

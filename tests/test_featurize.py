@@ -186,3 +186,25 @@ def test_augmentation_draws_per_sample():
     assert len({round(float(t), 6) for t in flat.mean(1)}) == 6
     g2 = torch.Generator().manual_seed(0)
     torch.testing.assert_close(augment(x, 24, AugmentParams(), g2), v)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(images, monkeypatch):
+    original = SimSiamFeaturizer._make_step
+    calls = {"n": 0}
+
+    def flaky_make_step(self, *args):
+        step = original(self, *args)
+
+        def step_that_fails_once(x, gen):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return step(x, gen)
+
+        return step_that_fails_once
+
+    monkeypatch.setattr(SimSiamFeaturizer, "_make_step", flaky_make_step)
+    with pytest.warns(RuntimeWarning, match="batch_size halved to 8"):
+        enc = _enc(batch_size=16).fit(images)
+    assert enc.history_["batch_size"].iloc[-1] == 8
+    assert enc.transform(images[:2]).shape == (2, 512)

@@ -40,6 +40,8 @@ def test_qualitative_shape_of_the_paper(tiny_study):
         rates = [same.loc[(rule, d), "us_pass_rate"] for d in (0.10, 0.20, 0.35, 0.40)]
         assert rates == sorted(rates)
     np.testing.assert_allclose(pol["us_pass_rate"] + pol["xray_rate"], 1.0)
+    # Radii shrink as delta grows.
+    assert (np.diff(r.radii_by_delta.to_numpy(), axis=0) <= 1e-12).all()
 
 
 def test_report_files(tiny_study, tmp_path):
