@@ -31,12 +31,22 @@ __all__ = ["SCALES", "PAPER", "StudyResult", "run_study", "write_report"]
 #: Sizes per scale. ``small`` runs on 2 CPU cores in minutes; ``paper`` is the paper's.
 SCALES = {
     "small": dict(
-        image_size=32, n_registry_us=1500, n_registry_xr=800, epochs=8, batch_size=64,
-        lr=0.2, head_epochs=100,
+        image_size=32,
+        n_registry_us=1500,
+        n_registry_xr=800,
+        epochs=8,
+        batch_size=64,
+        lr=0.2,
+        head_epochs=100,
     ),
     "paper": dict(
-        image_size=224, n_registry_us=37_186, n_registry_xr=19_546, epochs=10, batch_size=256,
-        lr=0.05, head_epochs=100,
+        image_size=224,
+        n_registry_us=37_186,
+        n_registry_xr=19_546,
+        epochs=10,
+        batch_size=256,
+        lr=0.05,
+        head_epochs=100,
     ),
 }
 
