@@ -22,6 +22,7 @@ from numbers import Real
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 __all__ = [
     "coverage",
@@ -76,7 +77,9 @@ def _costs(radiation_cost, miss_penalty):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
 
 
-def coverage(y_true, lower, sample_weight=None):
+def coverage(
+    y_true: ArrayLike, lower: ArrayLike, sample_weight: ArrayLike | None = None
+) -> float | pd.Series:
     """Empirical coverage ``mean(y >= LB)``, per target.
 
     Parameters
@@ -115,7 +118,7 @@ def coverage(y_true, lower, sample_weight=None):
     )
 
 
-def pass_rate(passed, sample_weight=None) -> float:
+def pass_rate(passed: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
     """Share of hips for which ultrasound suffices.
 
     Examples
@@ -127,7 +130,7 @@ def pass_rate(passed, sample_weight=None) -> float:
     return _mean(_flags(passed, "passed"), sample_weight)
 
 
-def xray_rate(passed, sample_weight=None) -> float:
+def xray_rate(passed: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
     """Share of hips referred to X-ray: ``1 - pass_rate``.
 
     Examples
@@ -139,7 +142,9 @@ def xray_rate(passed, sample_weight=None) -> float:
     return _mean(~_flags(passed, "passed"), sample_weight)
 
 
-def missed_rate(passed, abnormal, sample_weight=None) -> float:
+def missed_rate(
+    passed: ArrayLike, abnormal: ArrayLike, sample_weight: ArrayLike | None = None
+) -> float:
     """Share of all hips that were passed on ultrasound yet are truly abnormal.
 
     Examples
@@ -152,7 +157,14 @@ def missed_rate(passed, abnormal, sample_weight=None) -> float:
     return _mean(p & a, sample_weight)
 
 
-def utility(passed, abnormal, *, radiation_cost=1.0, miss_penalty=10.0, sample_weight=None):
+def utility(
+    passed: ArrayLike,
+    abnormal: ArrayLike,
+    *,
+    radiation_cost: float = 1.0,
+    miss_penalty: float = 10.0,
+    sample_weight: ArrayLike | None = None,
+) -> float:
     """Decision utility per hip: ``-lambda * xray_rate - mu * missed_rate`` (higher is better).
 
     Parameters
@@ -178,7 +190,14 @@ def utility(passed, abnormal, *, radiation_cost=1.0, miss_penalty=10.0, sample_w
     return -radiation_cost * _mean(~p, sample_weight) - miss_penalty * _mean(p & a, sample_weight)
 
 
-def net_benefit(passed, abnormal, *, radiation_cost=1.0, miss_penalty=10.0, sample_weight=None):
+def net_benefit(
+    passed: ArrayLike,
+    abnormal: ArrayLike,
+    *,
+    radiation_cost: float = 1.0,
+    miss_penalty: float = 10.0,
+    sample_weight: ArrayLike | None = None,
+) -> float:
     """Net benefit of referring to X-ray as the policy does (decision curve analysis).
 
     ``NB = TP / n - FP / n * pt / (1 - pt)`` with ``pt = lambda / mu``, where a true positive
@@ -204,7 +223,13 @@ def net_benefit(passed, abnormal, *, radiation_cost=1.0, miss_penalty=10.0, samp
     return tp - fp * pt / (1 - pt)
 
 
-def decision_curve(passed, abnormal, radiation_costs=None, *, miss_penalty=1.0):
+def decision_curve(
+    passed: ArrayLike,
+    abnormal: ArrayLike,
+    radiation_costs: ArrayLike | None = None,
+    *,
+    miss_penalty: float = 1.0,
+) -> pd.DataFrame:
     """Utility against radiation cost for a policy and the two reference strategies.
 
     Parameters
@@ -272,7 +297,9 @@ class _PolicyScorer:
         )
 
 
-def make_policy_scorer(radiation_cost=1.0, miss_penalty=10.0, *, kind="utility"):
+def make_policy_scorer(
+    radiation_cost: float = 1.0, miss_penalty: float = 10.0, *, kind: str = "utility"
+):
     """A scorer for ``GridSearchCV`` / ``cross_validate`` over selective imaging policies.
 
     It calls ``estimator.predict(X)`` and ``estimator.abnormal(y)`` (the policy's definition of

@@ -127,7 +127,14 @@ def _mask(split, name):
     return np.asarray(split) == name
 
 
-def run_study(scale="small", *, device="auto", seed=0, verbose=1, log=print) -> StudyResult:
+def run_study(
+    scale: str | dict = "small",
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    verbose: int = 1,
+    log=print,
+) -> StudyResult:
     """Run the whole study at a scale; see the module docstring.
 
     Parameters
@@ -144,6 +151,17 @@ def run_study(scale="small", *, device="auto", seed=0, verbose=1, log=print) -> 
     Returns
     -------
     StudyResult
+
+    Examples
+    --------
+    A tiny scale, to show the shape (``skddh reproduce`` runs ``"small"``):
+
+    >>> from skddh.study import run_study
+    >>> tiny = dict(image_size=32, n_registry_us=64, n_registry_xr=64, epochs=1,
+    ...             batch_size=32, head_epochs=10)
+    >>> result = run_study(tiny, device="cpu", verbose=0, log=lambda line: None)
+    >>> result.n_pairs, list(result.policy.columns[:4])
+    (76, ['rule', 'delta_alpha', 'delta_coverage', 'us_pass_rate'])
     """
     cfg = SCALES[scale] if isinstance(scale, str) else dict(scale)
     name = scale if isinstance(scale, str) else "custom"
@@ -291,12 +309,23 @@ def _md(df: pd.DataFrame, floatfmt=".3f", index=True) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: StudyResult, out) -> Path:
+def write_report(result: StudyResult, out: str | Path) -> Path:
     """Write ``report.md``, the CSV tables and ``decision_curve.png`` into ``out``.
 
     Returns
     -------
     Path of ``report.md``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skddh.study import run_study, write_report
+    >>> tiny = dict(image_size=32, n_registry_us=64, n_registry_xr=64, epochs=1,
+    ...             batch_size=32, head_epochs=10)
+    >>> result = run_study(tiny, device="cpu", verbose=0, log=lambda line: None)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     print(write_report(result, d).name)
+    report.md
     """
     import matplotlib
 
