@@ -13,7 +13,10 @@ stand-in for frozen SimSiam features), and the paper's head shape, an MLP 512 ->
 Folds are ``GroupKFold(5)`` by subject; groups reach each calibration split by metadata
 routing.
 
-    python benchmarks/bench_policy_search.py [--n-deltas 100] [--plain-deltas 100]
+    python benchmarks/bench_policy_search.py [--n-deltas 100] [--plain-deltas 100] [--images]
+
+``--images`` searches the DESIGN.md pipeline instead: ``FrozenEstimator(SimSiamFeaturizer)``
++ ``MeasurementRegressor`` on the 32 px images themselves.
 
 ``--plain-deltas`` below ``--n-deltas`` times plain GridSearchCV on that many deltas and
 scales its time linearly (its cost is per candidate), saying so in the table.
@@ -28,15 +31,18 @@ import warnings
 
 import numpy as np
 import sklearn
+from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, GroupKFold, cross_validate
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skddh import (
+    MeasurementRegressor,
     OneSidedConformalRegressor,
     SelectiveImagingPolicy,
     SelectiveImagingPolicyCV,
+    SimSiamFeaturizer,
     make_hip_cohort,
     make_policy_scorer,
 )
@@ -56,11 +62,27 @@ def _data():
     return X, y, groups
 
 
-def _regressor():
-    head = MLPRegressor(hidden_layer_sizes=(128,), max_iter=300, random_state=0)
-    return OneSidedConformalRegressor(
-        make_pipeline(StandardScaler(), head), calibration_size=0.2, random_state=0
-    )
+def _image_data():
+    """The same cases as raw 32 px images, and a frozen SimSiam encoder for them."""
+    cohort = make_hip_cohort(random_state=0, image_size=32, n_registry_us=512)
+    us = cohort.us
+    keep = np.asarray(us.split) != "test"
+    encoder = SimSiamFeaturizer(
+        image_size=32, epochs=2, batch_size=64, device="cpu", random_state=0
+    ).fit(cohort.registry_us)
+    y = us.targets[keep].reset_index(drop=True)
+    return us.images[keep], y, np.asarray(us.subject)[keep], encoder
+
+
+def _regressor(encoder=None):
+    if encoder is None:
+        head = MLPRegressor(hidden_layer_sizes=(128,), max_iter=300, random_state=0)
+        model = make_pipeline(StandardScaler(), head)
+    else:  # the DESIGN.md pipeline: frozen encoder + the paper's head, on images
+        model = make_pipeline(
+            FrozenEstimator(encoder), MeasurementRegressor(device="cpu", random_state=0)
+        )
+    return OneSidedConformalRegressor(model, calibration_size=0.2, random_state=0)
 
 
 def _timed(fn):
@@ -73,11 +95,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n-deltas", type=int, default=100)
     ap.add_argument("--plain-deltas", type=int, default=100)
+    ap.add_argument(
+        "--images",
+        action="store_true",
+        help="search the frozen-encoder + head pipeline on 32 px images instead of features",
+    )
     args = ap.parse_args()
     # The small MLP stops at max_iter before converging on some folds; that is not the question.
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*Maximum iterations.*")
-    X, y, groups = _data()
+    if args.images:
+        X, y, groups, encoder = _image_data()
+    else:
+        (X, y, groups), encoder = _data(), None
     deltas = [float(d) for d in np.round(np.linspace(0.02, 0.5, args.n_deltas), 4)]
     scorer = make_policy_scorer(radiation_cost=1.0, miss_penalty=10.0)
     cv = GroupKFold(5)
@@ -85,17 +115,17 @@ def main():
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"sklearn {sklearn.__version__}; n={len(y)} cases, {len(set(groups))} subjects, "
-        f"{X.shape[1]} features; {len(deltas)} deltas x {len(RULES)} rules = {n_cand} "
+        f"X {X.shape[1:]}; {len(deltas)} deltas x {len(RULES)} rules = {n_cand} "
         "candidates, GroupKFold(5)"
     )
     rows = []
     with sklearn.config_context(enable_metadata_routing=True):
-        base = _regressor().set_fit_request(groups=True)
+        base = _regressor(encoder).set_fit_request(groups=True)
         t_base, _ = _timed(lambda: cross_validate(base, X, y, params={"groups": groups}, cv=cv))
         rows.append(("baseline: cross_validate of the regressor (5 fits)", t_base, ""))
 
         plain_deltas = deltas[:: max(1, len(deltas) // args.plain_deltas)][: args.plain_deltas]
-        policy = SelectiveImagingPolicy(_regressor()).set_fit_request(groups=True)
+        policy = SelectiveImagingPolicy(_regressor(encoder)).set_fit_request(groups=True)
         search = GridSearchCV(
             policy, {"rule": RULES, "delta": plain_deltas}, scoring=scorer, cv=cv, refit=False
         )
@@ -109,7 +139,9 @@ def main():
         rows.append(("GridSearchCV, plain", t_plain, note))
 
         with tempfile.TemporaryDirectory() as cache:
-            policy = SelectiveImagingPolicy(_regressor(), memory=cache).set_fit_request(groups=True)
+            policy = SelectiveImagingPolicy(_regressor(encoder), memory=cache).set_fit_request(
+                groups=True
+            )
             search = GridSearchCV(
                 policy, {"rule": RULES, "delta": deltas}, scoring=scorer, cv=cv, refit=False
             )
@@ -117,7 +149,7 @@ def main():
             cached_best = search.best_score_
         rows.append(("GridSearchCV, memory= (cached fits)", t_cached, ""))
 
-        twin = SelectiveImagingPolicyCV(_regressor(), rules=RULES, deltas=deltas, cv=cv)
+        twin = SelectiveImagingPolicyCV(_regressor(encoder), rules=RULES, deltas=deltas, cv=cv)
         # It includes its final refit on all data (one more fit than the GridSearchCVs).
         t_twin, _ = _timed(lambda: twin.fit(X, y, groups=groups))
         rows.append(("SelectiveImagingPolicyCV (incl. final refit)", t_twin, ""))

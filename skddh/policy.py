@@ -36,6 +36,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 from sklearn_compat.base import _fit_context
 
+from skddh._cache import FITS, PREDICTIONS, content_key
 from skddh.conformal import OneSidedConformalRegressor
 from skddh.metrics import utility
 
@@ -128,19 +129,20 @@ def _fit_bounds(estimator, X, y, groups, fit_params):
     return estimator.fit(X, y, groups=groups, **fit_params)
 
 
-def _fit_bounds_pickled(estimator, X, y_values, y_columns, group_codes, fit_params) -> bytes:
-    """The fitted regressor as pickle bytes, for the cache.
+def _fit_bounds_keyed(key, estimator, X, y_values, y_columns, group_codes, fit_params) -> bytes:
+    """The fitted regressor as pickle bytes, cached by ``joblib.Memory`` under ``key`` alone.
 
-    A cached GridSearchCV hashes the arguments and loads the result once per candidate and
-    fold, so both must be cheap. joblib hashes a DataFrame or an object array by pure-Python
-    pickling, and reads a cached object back the same way (about 10 ms for a 512 -> 128 -> 3
-    MLP); plain numeric arrays hash at memory speed and one bytes blob loads in
-    microseconds, after which ``pickle.loads`` (C) rebuilds the estimator in well under a
-    millisecond. Hence the arrays in and the bytes out.
+    joblib would hash every argument again (a frozen encoder's weights included) and read a
+    cached object back by pure-Python unpickling (about 10 ms for a 512 -> 128 -> 3 MLP); the
+    content key is computed once by :func:`skddh._cache.content_key`, and a bytes blob
+    loads in microseconds, after which ``pickle.loads`` (C) rebuilds the estimator.
     """
     y = pd.DataFrame(y_values, columns=y_columns)
     fitted = _fit_bounds(estimator, X, y, group_codes, fit_params)
     return pickle.dumps(fitted, protocol=5)
+
+
+_KEYED_ARGS = ["estimator", "X", "y_values", "y_columns", "group_codes", "fit_params"]
 
 
 class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
@@ -207,15 +209,22 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         return thr
 
     def _fit_base(self, X, y_fit, groups, fit_params):
+        """The fitted regressor and its cache key (``None`` without ``memory``)."""
         base = clone(self._base_bounds())
         if self.memory is None:
-            return _fit_bounds(base, X, y_fit, groups, fit_params)
+            return _fit_bounds(base, X, y_fit, groups, fit_params), None
         # Integer codes in sorted order split exactly as the labels do (GroupShuffleSplit
-        # ranks groups by np.unique too), and hash fast.
+        # ranks groups by np.unique too) and hash at memory speed, as plain arrays do; a
+        # DataFrame or an object array would be hashed by pure-Python pickling.
         codes = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-        cached = check_memory(self.memory).cache(_fit_bounds_pickled)
-        blob = cached(base, X, y_fit.to_numpy(dtype=float), list(y_fit.columns), codes, fit_params)
-        return pickle.loads(blob)
+        y_values, columns = y_fit.to_numpy(dtype=float), list(y_fit.columns)
+        key = content_key(base, X, y_values, columns, codes, fit_params)
+        fitted = FITS.get(key)
+        if fitted is None:
+            cached = check_memory(self.memory).cache(_fit_bounds_keyed, ignore=_KEYED_ARGS)
+            fitted = pickle.loads(cached(key, base, X, y_values, columns, codes, fit_params))
+            FITS.put(key, fitted)
+        return fitted, key
 
     def abnormal(self, y) -> np.ndarray:
         """Which hips are truly abnormal: the definition of a *missed finding*.
@@ -432,7 +441,7 @@ class SelectiveImagingPolicy(_PolicyBase):
                     f"delta names measurement(s) {unknown} the model does not predict; "
                     f"it predicts {list(y_fit.columns)}."
                 )
-        self.estimator_ = self._fit_base(X, y_fit, groups, fit_params)
+        self.estimator_, self._cache_key_ = self._fit_base(X, y_fit, groups, fit_params)
         self.target_names_ = np.asarray(self.estimator_.target_names_)
         self.classes_ = np.array([0, 1])
         return self
@@ -448,8 +457,19 @@ class SelectiveImagingPolicy(_PolicyBase):
         check_is_fitted(self)
         used = rule_measurements(self.rule, self.thresholds_)
         delta = _full_delta(self.estimator_, self.delta, used)
-        lb = np.asarray(self.estimator_.predict_lower(X, delta=delta), dtype=float)
-        lb = lb.reshape(len(lb), -1)
+        if self._cache_key_ is not None and isinstance(self.estimator_, OneSidedConformalRegressor):
+            # Candidates of one search predict the same fold with the same fit: keep the
+            # regressor's raw predictions (an encoder's forward pass) and apply each delta.
+            pkey = (self._cache_key_, content_key(X))
+            y_tilde = PREDICTIONS.get(pkey)
+            if y_tilde is None:
+                y_tilde = np.asarray(self.estimator_.predict(X), dtype=float)
+                y_tilde = y_tilde.reshape(len(y_tilde), -1)
+                PREDICTIONS.put(pkey, y_tilde)
+            lb = y_tilde - self.estimator_._quantiles(delta)
+        else:
+            lb = np.asarray(self.estimator_.predict_lower(X, delta=delta), dtype=float)
+            lb = lb.reshape(len(lb), -1)
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame(lb, columns=self.target_names_, index=index)
 

@@ -41,7 +41,7 @@ def _candidates(rules, deltas):
 def _score_fold(policy, X, y_fit, abnormal, groups, train, test, candidates, fit_params):
     """Fit once on ``train``; utility, pass and missed rates of every candidate on ``test``."""
     g = None if groups is None else groups[train]
-    fitted = policy._fit_base(_take(X, train), y_fit.iloc[train], g, fit_params)
+    fitted, _ = policy._fit_base(_take(X, train), y_fit.iloc[train], g, fit_params)
     y_tilde = pd.DataFrame(
         np.asarray(fitted.predict(_take(X, test)), dtype=float).reshape(len(test), -1),
         columns=[str(t) for t in fitted.target_names_],

@@ -282,7 +282,7 @@ def test_clone_pickle_pipeline():
 
 
 class _CountingRegressor(LinearRegression):
-    """LinearRegression that counts its fits in a file (fits may run in other processes)."""
+    """LinearRegression that counts its fits and predictions in a file ("f" and "p")."""
 
     def __init__(self, counter=None):
         self.counter = counter
@@ -290,12 +290,21 @@ class _CountingRegressor(LinearRegression):
 
     def fit(self, X, y):
         with open(self.counter, "a") as fh:
-            fh.write("x")
+            fh.write("f")
         return super().fit(X, y)
+
+    def predict(self, X):
+        with open(self.counter, "a") as fh:
+            fh.write("p")
+        return super().predict(X)
 
 
 def _n_fits(path):
-    return len(path.read_text()) if path.exists() else 0
+    return path.read_text().count("f") if path.exists() else 0
+
+
+def _n_predicts(path):
+    return path.read_text().count("p") if path.exists() else 0
 
 
 def test_gridsearch_with_groups_and_memory_fits_once_per_fold(tmp_path):
@@ -311,11 +320,21 @@ def test_gridsearch_with_groups_and_memory_fits_once_per_fold(tmp_path):
             policy = SelectiveImagingPolicy(base, memory=memory).set_fit_request(groups=True)
             search = GridSearchCV(policy, grid, scoring=scorer, cv=GroupKFold(4), refit=False)
             search.fit(X, y, groups=g)
-        results[memory is None] = (search.cv_results_["mean_test_score"], _n_fits(counter))
-    (plain_scores, plain_fits), (cached_scores, cached_fits) = results[True], results[False]
+        results[memory is None] = (
+            search.cv_results_["mean_test_score"],
+            _n_fits(counter),
+            _n_predicts(counter),
+        )
+    (plain_scores, plain_fits, plain_pred), (cached_scores, cached_fits, cached_pred) = (
+        results[True],
+        results[False],
+    )
     np.testing.assert_allclose(cached_scores, plain_scores)
     assert plain_fits == 12 * 4
     assert cached_fits == 4  # one per fold, shared by all 12 candidates
+    # Each fit predicts its calibration part once; each fold's test part is predicted once.
+    assert plain_pred == 12 * 4 * 2
+    assert cached_pred == 4 * 2
 
 
 def test_policy_cv_agrees_with_gridsearch_exactly():
@@ -357,3 +376,36 @@ def test_policy_cv_delta_dicts_and_errors():
         SelectiveImagingPolicyCV(_conformal(), rules=["majority"]).fit(X, y)
     with pytest.raises(ValueError, match=r"every miscoverage must lie in \(0, 1\)"):
         SelectiveImagingPolicyCV(_conformal(), deltas=[0.1, 1.0]).fit(X, y)
+
+
+def test_cache_keys_hash_a_frozen_estimator_once(monkeypatch):
+    from sklearn.frozen import FrozenEstimator
+
+    from skddh import _cache
+
+    X, y, _ = _hips()
+    frozen = FrozenEstimator(LinearRegression().fit(X, y))
+    calls = []
+    real_hash = _cache.joblib.hash
+    monkeypatch.setattr(_cache.joblib, "hash", lambda obj: calls.append(1) or real_hash(obj))
+    model = OneSidedConformalRegressor(frozen)
+    k1 = _cache.content_key(clone(model), X)
+    k2 = _cache.content_key(clone(model), X)
+    assert k1 == k2 and len(calls) == 1  # clone keeps the frozen object: digest reused
+    assert _cache.content_key(clone(model), X + 1) != k1
+
+
+def test_cached_policy_predicts_like_the_uncached_one(tmp_path):
+    X, y, g = _hips()
+    plain = SelectiveImagingPolicy(_conformal(), rule="or", delta=0.2).fit(X, y, groups=g)
+    cached = SelectiveImagingPolicy(_conformal(), rule="or", delta=0.2, memory=str(tmp_path)).fit(
+        X, y, groups=g
+    )
+    pd.testing.assert_frame_equal(cached.predict_lower(X), plain.predict_lower(X))
+    np.testing.assert_array_equal(cached.predict(X), plain.predict(X))
+    # A second policy with another delta reuses the fit and the predictions.
+    other = clone(cached).set_params(delta=0.35).fit(X, y, groups=g)
+    assert other.estimator_ is cached.estimator_
+    np.testing.assert_allclose(
+        other.predict_lower(X), plain.estimator_.predict_lower(X, delta=0.35)
+    )
