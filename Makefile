@@ -10,9 +10,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Reinstall only when pyproject.toml changed (the stamp carries its checksum).
+# Reinstall only when pyproject.toml changed (the stamp carries its checksum). --no-compile:
+# byte-compiling every installed module (torch's thousands) took ~40 s of a fresh install;
+# Python compiles the few it imports on first use.
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[test,dicom,docs]"
+	$(PY) -m pip install --quiet --no-compile -e ".[test,dicom,docs]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
