@@ -290,6 +290,17 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         return tags
 
 
+def _check_delta_names(delta, names, what="delta"):
+    """A per-measurement delta may only name measurements the model predicts."""
+    names = [str(t) for t in names]
+    unknown = sorted(set(delta) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{what} names measurement(s) {unknown} the model does not predict; "
+            f"it predicts {names}."
+        )
+
+
 def _full_delta(conformal, delta, used):
     """The policy's delta as the conformal regressor wants it: a float or a complete dict.
 
@@ -299,11 +310,7 @@ def _full_delta(conformal, delta, used):
     if not isinstance(delta, dict):
         return delta
     names = [str(t) for t in conformal.target_names_]
-    unknown = sorted(set(delta) - set(names))
-    if unknown:
-        raise ValueError(
-            f"delta names measurement(s) {unknown} the model does not predict; it predicts {names}."
-        )
+    _check_delta_names(delta, names)
     lacking = [t for t in used if t not in delta]
     if lacking:
         raise ValueError(f"delta gives no miscoverage for measurement(s) {lacking} the rule reads.")
@@ -435,12 +442,7 @@ class SelectiveImagingPolicy(_PolicyBase):
         # Fail before the (possibly long) fit when thresholds or delta cannot apply.
         self.thresholds_ = self._check_thresholds(list(y_fit.columns), self.rule)
         if isinstance(self.delta, dict):
-            unknown = sorted(set(self.delta) - set(y_fit.columns))
-            if unknown:
-                raise ValueError(
-                    f"delta names measurement(s) {unknown} the model does not predict; "
-                    f"it predicts {list(y_fit.columns)}."
-                )
+            _check_delta_names(self.delta, y_fit.columns)
         self.estimator_, self._cache_key_ = self._fit_base(X, y_fit, groups, fit_params)
         self.target_names_ = np.asarray(self.estimator_.target_names_)
         self.classes_ = np.array([0, 1])

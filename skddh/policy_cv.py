@@ -24,7 +24,14 @@ from sklearn_compat.base import _fit_context
 
 from skddh.conformal import _take
 from skddh.metrics import missed_rate, pass_rate, utility
-from skddh.policy import RULES, SelectiveImagingPolicy, _full_delta, _PolicyBase, rule_margin
+from skddh.policy import (
+    RULES,
+    SelectiveImagingPolicy,
+    _check_delta_names,
+    _full_delta,
+    _PolicyBase,
+    rule_margin,
+)
 
 __all__ = ["SelectiveImagingPolicyCV"]
 
@@ -176,12 +183,7 @@ class SelectiveImagingPolicyCV(_PolicyBase):
                 if not isinstance(v, Real) or not 0 < v < 1:
                     raise ValueError(f"deltas: every miscoverage must lie in (0, 1), got {d!r}.")
             if isinstance(d, dict):
-                unknown = sorted(set(d) - set(names))
-                if unknown:
-                    raise ValueError(
-                        f"deltas name measurement(s) {unknown} the model does not predict; "
-                        f"it predicts {list(names)}."
-                    )
+                _check_delta_names(d, names, what=f"deltas entry {d!r}")
         for r in rules:
             self._check_thresholds(names, r)
         return rules, deltas
