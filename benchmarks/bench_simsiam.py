@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from skddh import SimSiamFeaturizer
-from skddh._torch import autocast, resolve_device, resolve_dtype
-from skddh.featurize._simsiam import _build
+from skddh.models._simsiam import _build
+from skddh.models._torch import autocast, resolve_device, resolve_dtype
 
 
 def _images(n, size, seed=0):

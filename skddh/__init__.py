@@ -7,12 +7,10 @@ policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 
 from skddh.conformal import OneSidedConformalRegressor
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
-from skddh.featurize import SimSiamFeaturizer
-from skddh.heads import MeasurementRegressor
 from skddh.metrics import make_policy_scorer
+from skddh.models import MeasurementRegressor, SimSiamFeaturizer
 from skddh.plotting import CoverageDisplay, DecisionCurveDisplay
-from skddh.policy import SelectiveImagingPolicy
-from skddh.policy_cv import SelectiveImagingPolicyCV
+from skddh.policy import SelectiveImagingPolicy, SelectiveImagingPolicyCV
 
 __version__ = "0.1.0.dev0"
 

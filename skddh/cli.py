@@ -73,7 +73,7 @@ def _cohort(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from skddh.study import run_study, write_report
+    from skddh.studies import run_study, write_report
 
     start = time.perf_counter()
     try:

@@ -5,8 +5,9 @@ import re
 import pandas as pd
 import pytest
 
-from skddh import cli, study
+from skddh import cli
 from skddh.datasets import save_image_table
+from skddh.studies import ddh as study
 
 
 @pytest.mark.parametrize("command", [[], ["reproduce"], ["fit"], ["predict"], ["cohort"]])

@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils import estimator_checks as ec
 
 from skddh import SimSiamFeaturizer
-from skddh.featurize._augment import AugmentParams, augment
+from skddh.models._augment import AugmentParams, augment
 
 
 def _enc(**kw):
@@ -115,7 +115,7 @@ def test_frozen_in_pipeline_cross_val_and_pickle(fitted, images):
 
 def test_gpu_state_pickles_to_cpu(fitted, monkeypatch):
     """A model whose encoder sits on another device pickles a CPU copy."""
-    from skddh import _torch as T
+    from skddh.models import _torch as T
 
     moved = []
     orig = T.cpu_state

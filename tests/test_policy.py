@@ -381,7 +381,7 @@ def test_policy_cv_delta_dicts_and_errors():
 def test_cache_keys_hash_a_frozen_estimator_once(monkeypatch):
     from sklearn.frozen import FrozenEstimator
 
-    from skddh import _cache
+    from skddh.policy import _cache
 
     X, y, _ = _hips()
     frozen = FrozenEstimator(LinearRegression().fit(X, y))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from skddh.study import POLICY_GRID, run_study, write_report
+from skddh.studies import run_study, write_report
+from skddh.studies.ddh import POLICY_GRID
 
 TINY = dict(
     image_size=32, n_registry_us=96, n_registry_xr=64, epochs=1, batch_size=32, head_epochs=30

@@ -1,9 +1,9 @@
-"""Tests of skddh._torch: device and precision resolution, local seeding, CPU pickling."""
+"""Tests of skddh.models._torch: device and precision resolution, local seeding, CPU pickling."""
 
 import pytest
 import torch
 
-from skddh import _torch as T
+from skddh.models import _torch as T
 
 
 def test_resolve_device_and_dtype():

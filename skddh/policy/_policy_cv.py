@@ -22,16 +22,15 @@ from sklearn.model_selection import GroupKFold, check_cv
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from skddh.conformal import _take
+from skddh.conformal._split import _take
 from skddh.metrics import missed_rate, pass_rate, utility
-from skddh.policy import (
-    RULES,
+from skddh.policy._policy import (
     SelectiveImagingPolicy,
     _check_delta_names,
     _full_delta,
     _PolicyBase,
-    rule_margin,
 )
+from skddh.policy._rules import RULES, rule_margin
 
 __all__ = ["SelectiveImagingPolicyCV"]
 

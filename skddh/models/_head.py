@@ -174,7 +174,7 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         import torch
         from torch import nn
 
-        from skddh import _torch as T
+        from skddh.models import _torch as T
 
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         if y is None:
@@ -280,7 +280,7 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
     def _forward(self, X):
         import torch
 
-        from skddh import _torch as T
+        from skddh.models import _torch as T
 
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
@@ -330,7 +330,7 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         return probs[0] if len(probs) == 1 else probs
 
     def __getstate__(self):
-        from skddh import _torch as T
+        from skddh.models import _torch as T
 
         state = super().__getstate__()
         if "module_" in state:

@@ -1,24 +1,6 @@
-"""Selective imaging: pass a hip on ultrasound only when its calibrated lower bounds clear.
+"""The selective imaging policy: a classifier over a conformal lower-bound regressor.
 
-The rules are small pure functions on lower bounds (:func:`rule_margin`, :func:`apply_rule`);
-:class:`SelectiveImagingPolicy` is the scikit-learn classifier around them (1 = ultrasound
-suffices, 0 = refer to X-ray), shaped like scikit-learn's ``FixedThresholdClassifier``: the
-rule and the miscoverage are plain hyper-parameters, and fitting depends on neither.
-
-Rules over the measurements named in ``thresholds`` (default Graf alpha >= 60 deg and femoral
-head coverage >= 50 %; the DDH paper, arXiv 2511.18457):
-
-- ``"alpha"``: pass when ``LB_alpha >= 60``. Guarantee: ``P(pass and truly alpha < 60) <=
-  delta_alpha``.
-- ``"and"``: pass when every bound clears. ``P(pass and some measurement truly fails) <=
-  sum of the deltas``.
-- ``"or"``: pass when any bound clears. No such guarantee: the most lenient rule.
-
-None of them bounds the share of abnormal hips *among the passed ones*; each guarantee is
-marginal, under exchangeability of the calibration subjects and the new one, per measurement.
-
-Fail-safe: a case whose bound is NaN or infinite for any measurement the rule reads (a NaN
-prediction, or a delta too small for the calibration set) is referred, never passed.
+The rules are in :mod:`skddh.policy._rules`; see :mod:`skddh.policy` for what each guarantees.
 """
 
 from __future__ import annotations
@@ -36,92 +18,10 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 from sklearn_compat.base import _fit_context
 
-from skddh._cache import FITS, PREDICTIONS, content_key
 from skddh.conformal import OneSidedConformalRegressor
 from skddh.metrics import utility
-
-__all__ = [
-    "RULES",
-    "DEFAULT_THRESHOLDS",
-    "SelectiveImagingPolicy",
-    "apply_rule",
-    "rule_margin",
-    "rule_measurements",
-]
-
-RULES = ("alpha", "or", "and")
-DEFAULT_THRESHOLDS = {"alpha": 60.0, "coverage": 50.0}
-
-
-def rule_measurements(rule: str, thresholds: dict) -> list[str]:
-    """The measurements a rule reads: ``["alpha"]`` for ``"alpha"``, else all thresholded.
-
-    Examples
-    --------
-    >>> from skddh.policy import rule_measurements
-    >>> rule_measurements("or", {"alpha": 60.0, "coverage": 50.0})
-    ['alpha', 'coverage']
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
-    if not thresholds:
-        raise ValueError("thresholds must name at least one measurement.")
-    if rule == "alpha":
-        if "alpha" not in thresholds:
-            raise ValueError(
-                f"rule='alpha' needs a threshold for 'alpha'; thresholds name {list(thresholds)}."
-            )
-        return ["alpha"]
-    return list(thresholds)
-
-
-def rule_margin(lower, thresholds: dict, rule: str) -> np.ndarray:
-    """Margin of the lower bounds over their thresholds under a rule; pass when ``>= 0``.
-
-    ``alpha``: ``LB_alpha - t_alpha``; ``and``: the smallest margin; ``or``: the largest.
-    A case with a non-finite bound on any measurement the rule reads gets ``-inf`` (referred).
-
-    Parameters
-    ----------
-    lower : DataFrame or mapping of name -> array of shape (n,)
-        Lower bounds per measurement.
-    thresholds : dict
-        Measurement name -> clinical threshold.
-    rule : {"alpha", "or", "and"}
-
-    Returns
-    -------
-    ndarray of shape (n,)
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> from skddh.policy import rule_margin
-    >>> lb = pd.DataFrame({"alpha": [62.0, 58.0, float("nan")], "coverage": [45.0, 55.0, 60.0]})
-    >>> rule_margin(lb, {"alpha": 60.0, "coverage": 50.0}, "or")
-    array([  2.,   5., -inf])
-    >>> rule_margin(lb, {"alpha": 60.0, "coverage": 50.0}, "and")
-    array([ -5.,  -2., -inf])
-    """
-    cols = rule_measurements(rule, thresholds)
-    missing = [c for c in cols if c not in lower]
-    if missing:
-        raise ValueError(f"lower bounds lack measurement(s) {missing} that rule {rule!r} reads.")
-    m = np.column_stack([np.asarray(lower[c], dtype=float) - float(thresholds[c]) for c in cols])
-    combined = m.max(axis=1) if rule == "or" else m.min(axis=1)
-    return np.where(np.isfinite(m).all(axis=1), combined, -np.inf)
-
-
-def apply_rule(lower, thresholds: dict, rule: str) -> np.ndarray:
-    """Boolean pass decisions: ``rule_margin(...) >= 0``.
-
-    Examples
-    --------
-    >>> from skddh.policy import apply_rule
-    >>> apply_rule({"alpha": [61.0, 59.0]}, {"alpha": 60.0}, "alpha")
-    array([ True, False])
-    """
-    return rule_margin(lower, thresholds, rule) >= 0
+from skddh.policy._cache import FITS, PREDICTIONS, content_key
+from skddh.policy._rules import DEFAULT_THRESHOLDS, RULES, rule_margin, rule_measurements
 
 
 def _fit_bounds(estimator, X, y, groups, fit_params):
@@ -134,7 +34,7 @@ def _fit_bounds_keyed(key, estimator, X, y_values, y_columns, group_codes, fit_p
 
     joblib would hash every argument again (a frozen encoder's weights included) and read a
     cached object back by pure-Python unpickling (about 10 ms for a 512 -> 128 -> 3 MLP); the
-    content key is computed once by :func:`skddh._cache.content_key`, and a bytes blob
+    content key is computed once by :func:`skddh.policy._cache.content_key`, and a bytes blob
     loads in microseconds, after which ``pickle.loads`` (C) rebuilds the estimator.
     """
     y = pd.DataFrame(y_values, columns=y_columns)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,12 +20,11 @@ from sklearn.frozen import FrozenEstimator
 
 from skddh.conformal import OneSidedConformalRegressor
 from skddh.datasets import make_hip_cohort
-from skddh.featurize import SimSiamFeaturizer
-from skddh.heads import MeasurementRegressor
 from skddh.metrics import coverage, missed_rate, pass_rate
+from skddh.models import MeasurementRegressor, SimSiamFeaturizer
 from skddh.policy import DEFAULT_THRESHOLDS, apply_rule
 
-__all__ = ["SCALES", "PAPER", "StudyResult", "run_study", "write_report"]
+__all__ = ["SCALES", "PAPER", "StudyResult", "run_study"]
 
 #: Sizes per scale. ``small`` runs on 2 CPU cores in minutes; ``paper`` is the paper's.
 SCALES = {
@@ -156,7 +154,7 @@ def run_study(
     --------
     A tiny scale, to show the shape (``skddh reproduce`` runs ``"small"``):
 
-    >>> from skddh.study import run_study
+    >>> from skddh.studies import run_study
     >>> tiny = dict(image_size=32, n_registry_us=64, n_registry_xr=64, epochs=1,
     ...             batch_size=32, head_epochs=10)
     >>> result = run_study(tiny, device="cpu", verbose=0, log=lambda line: None)
@@ -290,125 +288,3 @@ def _evaluate(cohort, f_us, f_xr, model, head_xr):
         passed=passed_by,
         abnormal=abnormal,
     )
-
-
-def _md(df: pd.DataFrame, floatfmt=".3f", index=True) -> str:
-    """A Markdown table without the optional ``tabulate`` dependency."""
-    d = df.reset_index() if index else df
-    cols = [str(c) for c in d.columns]
-
-    def fmt(v):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return ""
-        if isinstance(v, (float, np.floating)):
-            return format(float(v), floatfmt)
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in d.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def write_report(result: StudyResult, out: str | Path) -> Path:
-    """Write ``report.md``, the CSV tables and ``decision_curve.png`` into ``out``.
-
-    Returns
-    -------
-    Path of ``report.md``.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from skddh.study import run_study, write_report
-    >>> tiny = dict(image_size=32, n_registry_us=64, n_registry_xr=64, epochs=1,
-    ...             batch_size=32, head_epochs=10)
-    >>> result = run_study(tiny, device="cpu", verbose=0, log=lambda line: None)
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     print(write_report(result, d).name)
-    report.md
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from skddh.plotting import DecisionCurveDisplay
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.mae.to_csv(out / "mae.csv", index=False)
-    result.radii.to_csv(out / "radii.csv")
-    result.radii_by_delta.to_csv(out / "radii_by_delta.csv")
-    result.coverage.to_csv(out / "coverage.csv")
-    result.policy.to_csv(out / "policy.csv", index=False)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    shown = ["and 0.10/0.10", "alpha 0.35/0.35", "or 0.35/0.35", "or 0.40/0.40"]
-    # lambda in units of mu: the policies matter where lambda / mu is near the prevalence of
-    # X-ray findings, so the grid stops at three times it.
-    top = max(0.05, 3 * float(np.mean(result.abnormal)))
-    for i, key in enumerate(shown):
-        DecisionCurveDisplay.from_predictions(
-            result.passed[key],
-            result.abnormal,
-            radiation_costs=np.linspace(0, top, 61),
-            miss_penalty=1.0,
-            name=key,
-            ax=ax,
-            references=i == 0,
-            lw=2.5 - 0.4 * i,
-        )
-    ax.set_title(f"Decision curves on the {result.n_pairs} matched test pairs (X-ray finding)")
-    fig.tight_layout()
-    fig.savefig(out / "decision_curve.png", dpi=120)
-    plt.close(fig)
-
-    t = result.timings
-    mae = result.mae
-    policy = result.policy.copy()
-    text = f"""# skddh reproduce: report
-
-Scale `{result.scale}`, device `{result.device}`, seed {result.seed}. Synthetic cohort
-(`make_hip_cohort`), so "paper" columns are the DDH paper's figures on its real data
-(arXiv 2511.18457), shown for shape, not as a target to match digit for digit.
-
-## Mean absolute error on the test subjects
-
-{_md(mae, ".2f", index=False)}
-
-IHDI grade accuracy (X-ray head, cross-entropy): {mae.attrs.get("ihdi_accuracy", float("nan")):.3f}.
-`mae_median_predictor` is the error of predicting the test median: a head must beat it.
-
-## Calibration radii at delta = 0.10 (n = {result.n_calibration} calibration images)
-
-{_md(result.radii, ".2f")}
-
-Radii q+ per delta (they shrink as delta grows):
-
-{_md(result.radii_by_delta, ".2f")}
-
-## Empirical coverage on the test images, per delta
-
-{_md(result.coverage, ".3f")}
-
-The guarantee is marginal over calibration draws. This is one draw of {result.n_calibration}
-images from 7 subjects (images of one subject are correlated), with the paper's affine
-correction fitted on those same images, so one column can sit well off nominal.
-
-## Selective imaging policy on the {result.n_pairs} matched pairs
-
-Thresholds alpha >= 60 deg and coverage >= 50 %. `missed_xray_finding`: passed on ultrasound
-with an abnormal paired X-ray (AI > 30 deg or IHDI >= 2); `missed_us_truth`: passed with a
-true alpha < 60 or coverage < 50. `paper_us_pass_rate` where the paper reports it.
-
-{_md(policy, ".3f", index=False)}
-
-![decision curve](decision_curve.png)
-
-## Timings (s)
-
-{_md(pd.DataFrame({"seconds": pd.Series(t)}), ".1f")}
-"""
-    path = out / "report.md"
-    path.write_text(text)
-    return path

@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from skddh.featurize._images import ImageSource
+from skddh.models._images import ImageSource
 
 # Keep resident-on-GPU uint8 data under this share of free device memory.
 _RESIDENT_SHARE = 0.4
@@ -193,7 +193,7 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
 
     # ---- fitting ---------------------------------------------------------------------------
     def _augment_params(self):
-        from skddh.featurize._augment import AugmentParams
+        from skddh.models._augment import AugmentParams
 
         lo, hi = (float(v) for v in self.crop_scale)
         if not 0 < lo <= hi <= 1:
@@ -227,8 +227,8 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         """
         import torch
 
-        from skddh import _torch as T
-        from skddh.featurize._augment import augment, normalize
+        from skddh.models import _torch as T
+        from skddh.models._augment import augment, normalize
 
         aug = self._augment_params()
         src = ImageSource(X, self.image_size)
@@ -329,7 +329,7 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         import torch
         import torch.nn.functional as F
 
-        from skddh import _torch as T
+        from skddh.models import _torch as T
 
         size = self.image_size
         cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -417,8 +417,8 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         """
         import torch
 
-        from skddh import _torch as T
-        from skddh.featurize._augment import normalize
+        from skddh.models import _torch as T
+        from skddh.models._augment import normalize
 
         check_is_fitted(self)
         src = ImageSource(X, self.image_size)
@@ -459,7 +459,7 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
 
     # ---- pickling and tags -----------------------------------------------------------------
     def __getstate__(self):
-        from skddh import _torch as T
+        from skddh.models import _torch as T
 
         state = super().__getstate__()
         if "encoder_" in state:

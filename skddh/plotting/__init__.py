@@ -1,0 +1,5 @@
+"""Displays in scikit-learn's convention: ``from_estimator``, ``from_predictions``, ``plot``."""
+
+from skddh.plotting._policy import CoverageDisplay, DecisionCurveDisplay
+
+__all__ = ["CoverageDisplay", "DecisionCurveDisplay"]

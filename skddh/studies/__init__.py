@@ -1,0 +1,6 @@
+"""The studies, one module per system, and the report writer: the engines of ``skddh reproduce``."""
+
+from skddh.studies.ddh import PAPER, SCALES, StudyResult, run_study
+from skddh.studies.report import write_report
+
+__all__ = ["PAPER", "SCALES", "StudyResult", "run_study", "write_report"]
