@@ -5,7 +5,7 @@ featurisation, measurement heads, one-sided conformal lower bounds and a selecti
 policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 """
 
-from skddh.conformal import OneSidedConformalRegressor
+from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRegressor
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
 from skddh.metrics import make_policy_scorer
 from skddh.models import MeasurementRegressor, SimSiamFeaturizer
@@ -19,6 +19,7 @@ __all__ = [
     "DecisionCurveDisplay",
     "MeasurementRegressor",
     "OneSidedConformalRegressor",
+    "OneSidedCrossConformalRegressor",
     "SelectiveImagingPolicy",
     "SelectiveImagingPolicyCV",
     "SimSiamFeaturizer",

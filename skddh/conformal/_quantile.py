@@ -20,7 +20,7 @@ def _exact_k(n: int, delta: float) -> int:
     in floating point; the delta a user typed is recovered as a fraction with a denominator
     below 10**9 so that k is the intended order statistic.
     """
-    frac = Fraction(delta).limit_denominator(10**9)
+    frac = Fraction(float(delta)).limit_denominator(10**9)  # float(): numpy scalars too
     return math.ceil((n + 1) * (1 - frac))
 
 

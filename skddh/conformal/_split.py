@@ -1,40 +1,46 @@
 """Split-conformal one-sided lower bounds for any regressor: :class:`OneSidedConformalRegressor`.
 
-The statistics live in :mod:`skddh.conformal._quantile`; this module is the scikit-learn
-shell (the split, the bias correction, the scores, prediction).
+The statistics live in :mod:`skddh.conformal._quantile` and :mod:`skddh.conformal._scores`;
+this module is the scikit-learn shell (the subject-level split, the bias correction, the
+scores, prediction).
 """
 
 from __future__ import annotations
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, RegressorMixin, clone
+from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
-from sklearn.linear_model import Ridge
-from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
-from sklearn.utils import _safe_indexing, get_tags
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.utils import check_random_state
 
 # Private helpers, stable since scikit-learn 1.3 (we require >= 1.6); sklearn-compat does not
 # re-export these constraint classes.
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import _num_samples, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from skddh.conformal._quantile import fit_affine, one_sided_quantile, smallest_delta
+from skddh.conformal._base import (
+    CALIBRATION_UNITS,
+    LowerBoundBase,
+    subset_fit_params,
+    take,
+)
+from skddh.conformal._quantile import fit_affine, one_sided_quantile
+from skddh.conformal._scores import subject_max_scores, subsample_indices, subsampled_quantile
 
 
-class OneSidedConformalRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
-    """Calibrated one-sided lower bounds for any regressor, per target.
+class OneSidedConformalRegressor(LowerBoundBase):
+    """Calibrated one-sided lower bounds for any regressor, per target, at subject level.
 
-    Fits a clone of ``estimator`` on a training part and calibrates on a disjoint,
-    subject-level calibration part: an optional affine bias correction, then the
-    finite-sample one-sided residual quantile per target (the DDH paper, arXiv 2511.18457).
-    ``predict_lower(X)`` returns ``LB`` with ``P(y >= LB) >= 1 - delta`` per target under
-    exchangeability (see the module docstring for exactly when).
+    Fits a clone of ``estimator`` on the training subjects and calibrates on disjoint
+    calibration subjects: an optional affine bias correction, one over-prediction score per
+    calibration subject, then the finite-sample one-sided quantile per target (the DDH
+    paper, arXiv 2511.18457, with subjects as the exchangeable units). What
+    ``predict_lower(X)`` guarantees depends on ``calibration_unit`` (see
+    :mod:`skddh.conformal`); ``n`` below counts calibration *subjects*.
 
     Parameters
     ----------
@@ -45,15 +51,29 @@ class OneSidedConformalRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimat
     delta : float or dict, default=0.1
         Miscoverage in (0, 1), or a mapping target name -> miscoverage covering every target.
     calibration_size : float or int, default=0.2
-        Share (float in (0, 1)) or number (int) of *groups* (subjects) held out for
-        calibration when ``groups`` are given, otherwise of cases.
-    bias_correction : {"affine", "affine-split"} or None, default="affine"
-        ``"affine"``: the paper's correction, least squares on the calibration cases
-        themselves (coverage then only approximately valid: slightly below nominal at small
-        n). ``"affine-split"``: fitted on half of the calibration groups, scores from the
-        other half (exact guarantee, fewer scores). ``None``: no correction (exact).
+        Share (float in (0, 1)) or number (int) of subjects held out for calibration (of
+        images with ``calibration_unit="image"``).
+    calibration_unit : {"subject-max", "subject-subsample", "image"}, default="subject-max"
+        ``"subject-max"``: each calibration subject scores its largest over-prediction; for
+        a new subject, ``P(every one of its images has y >= LB) >= 1 - delta`` (at most
+        ``1 - delta + 1/(n+1)`` without ties). ``"subject-subsample"``: one random image per
+        subject, ``n_resamples`` times, radii merged by majority vote; covers a random image
+        of a new subject with probability ``>= 1 - 2 delta`` in the worst case (exactly in
+        ``[1 - delta, 1 - delta + 1/(n+1)]`` with ``n_resamples=1``), close to
+        ``1 - delta`` in practice, with narrower bounds than the maximum. ``"image"``: one
+        score per image, as if images were independent (explicit opt-in: with correlated
+        images of one subject it under-covers; ``groups`` are then not required).
+    n_resamples : int, default=51
+        Subsamples for ``calibration_unit="subject-subsample"`` (odd: a strict majority).
+    bias_correction : {"affine", "affine-split"} or None, default=None
+        ``None``: no correction (exact). ``"affine-split"``: least squares on half of the
+        calibration subjects, scores from the other half (exact, fewer scores).
+        ``"affine"``: the paper's correction, fitted on the scored calibration images
+        themselves; the scores are then no longer exchangeable with a new subject's, and
+        coverage is only approximately valid (0.829 for a nominal 0.875 at n = 7 in our
+        simulation). Kept for fidelity to the paper.
     random_state : int, RandomState instance or None, default=None
-        Controls the training / calibration split.
+        Controls the training / calibration split and the subsamples.
 
     Attributes
     ----------
@@ -61,16 +81,36 @@ class OneSidedConformalRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimat
         The fitted (or frozen) base estimator.
     affine_ : DataFrame
         Rows ``a`` and ``b`` per target (identity when ``bias_correction=None``).
-    residuals_ : ndarray of shape (n_calibration, n_targets)
-        Calibration residuals ``y - y_tilde`` after the correction.
+    residuals_ : ndarray of shape (n_calibration_images, n_targets)
+        Residuals ``y - y_tilde`` of the scored calibration images, after the correction.
+    scores_ : ndarray of shape (n_calibration, n_targets)
+        The conformal scores, one per unit: the subject maxima of ``y_tilde - y`` (or the
+        image scores for ``"image"`` and ``"subject-subsample"``).
+    subsample_indices_ : ndarray of shape (n_resamples, n_calibration) or None
+        Rows of ``residuals_`` drawn per subsample (``"subject-subsample"`` only).
     quantile_ : pandas Series
         ``q+`` per target at the fitted ``delta`` (``LB = y_tilde - q+``); +inf if too small.
     target_names_ : ndarray of str
         Target names (DataFrame columns, or ``y0``, ``y1``, ...).
     n_calibration_ : int
-        Number of calibration scores.
+        Number of calibration units: subjects (images for ``"image"``).
+    n_calibration_images_ : int
+        Number of scored calibration images.
     calibration_indices_ : ndarray
-        Row indices of ``X`` used for calibration scores.
+        Row indices of ``X`` whose scores calibrate.
+    calibration_groups_ : ndarray
+        Subject ids of the calibration subjects (sorted).
+    train_indices_ : ndarray
+        Row indices of ``X`` the base estimator was fitted on (empty when frozen).
+
+    See Also
+    --------
+    OneSidedCrossConformalRegressor : CV+ bounds, every subject both fits and calibrates.
+
+    References
+    ----------
+    The DDH paper, arXiv 2511.18457. Dunn, Wasserman and Ramdas, "Distribution-free
+    prediction sets for two-layer hierarchical models", arXiv 1809.07441.
 
     Examples
     --------
@@ -79,7 +119,11 @@ class OneSidedConformalRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimat
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(400, 3))
     >>> y = X @ [2.0, -1.0, 0.5] + rng.gumbel(size=400)
-    >>> model = OneSidedConformalRegressor(delta=0.1, random_state=0).fit(X[:300], y[:300])
+    >>> subject = np.arange(400) // 4  # four images per subject
+    >>> model = OneSidedConformalRegressor(delta=0.1, random_state=0)
+    >>> model = model.fit(X[:300], y[:300], groups=subject[:300])
+    >>> model.n_calibration_  # subjects
+    15
     >>> lb = model.predict_lower(X[300:])
     >>> bool(np.mean(y[300:] >= lb) > 0.8)
     True
@@ -92,6 +136,8 @@ class OneSidedConformalRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimat
             Interval(Real, 0, 1, closed="neither"),
             Interval(Integral, 1, None, closed="left"),
         ],
+        "calibration_unit": [StrOptions(set(CALIBRATION_UNITS))],
+        "n_resamples": [Interval(Integral, 1, None, closed="left")],
         "bias_correction": [StrOptions({"affine", "affine-split"}), None],
         "random_state": ["random_state"],
     }
@@ -102,12 +148,16 @@ class OneSidedConformalRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimat
         *,
         delta=0.1,
         calibration_size=0.2,
-        bias_correction="affine",
+        calibration_unit="subject-max",
+        n_resamples=51,
+        bias_correction=None,
         random_state=None,
     ):
         self.estimator = estimator
         self.delta = delta
         self.calibration_size = calibration_size
+        self.calibration_unit = calibration_unit
+        self.n_resamples = n_resamples
         self.bias_correction = bias_correction
         self.random_state = random_state
 
@@ -122,194 +172,134 @@ class OneSidedConformalRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimat
             Passed to the base estimator as is (images or features).
         y : array-like of shape (n_samples,) or (n_samples, n_targets), or DataFrame
             Targets; DataFrame column names are kept. NaN is an error.
-        groups : array-like of shape (n_samples,), default=None
-            Subject ids: the calibration split is then made by subject.
+        groups : array-like of shape (n_samples,)
+            Subject ids. Required unless ``calibration_unit="image"``; inside a
+            meta-estimator they arrive through metadata routing only.
         **fit_params : dict
-            Passed to the base estimator's ``fit``.
+            Passed to the base estimator's ``fit`` (per-sample ones, such as
+            ``sample_weight``, sliced to the training rows).
 
         Returns
         -------
         self
         """
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-        if sp.issparse(X):
-            X = X.tocsr()  # row indexing; the base estimator decides whether it accepts sparse
-        y_arr, names, self._y_1d = self._check_y(y)
-        self.target_names_ = names
+        X, y_arr, groups_arr = self._check_data(X, y, groups)
+        rng = check_random_state(self.random_state)
+        base = self._base()
         n = len(y_arr)
-        if _num_samples(X) != n:
-            raise ValueError(f"X has {_num_samples(X)} samples but y has {n}.")
-        groups_arr = None if groups is None else np.asarray(groups)
-        if groups_arr is not None and len(groups_arr) != n:
-            raise ValueError(f"groups has {len(groups_arr)} entries but y has {n}.")
-        base = Ridge() if self.estimator is None else self.estimator
         if isinstance(base, FrozenEstimator):
             self.estimator_ = base
-            cal = np.arange(n)
+            train, cal = np.arange(0), np.arange(n)
         else:
-            train, cal = self._split(n, groups_arr, self.calibration_size, "calibration_size")
-            self.estimator_ = clone(base).fit(_take(X, train), self._fit_y(y, train), **fit_params)
-        pred = self._raw_predict(_take(X, cal))
-        y_cal = y_arr[cal]
+            train, cal = _split(groups_arr, self.calibration_size, rng, "calibration_size")
+            params = subset_fit_params(X, fit_params, train)
+            self.estimator_ = clone(base).fit(take(X, train), self._fit_y(y, train), **params)
+        self.train_indices_ = train
+        pred = self._raw_predict(take(X, cal))
+        y_cal, g_cal = y_arr[cal], groups_arr[cal]
         if self.bias_correction == "affine-split":
-            g = None if groups_arr is None else groups_arr[cal]
-            fit_part, score_part = self._split(len(cal), g, 0.5, "calibration data")
+            fit_part, score_part = _split(g_cal, 0.5, rng, "calibration data")
             a, b = fit_affine(pred[fit_part], y_cal[fit_part])
-            cal, pred, y_cal = cal[score_part], pred[score_part], y_cal[score_part]
+            cal, pred, y_cal, g_cal = (
+                cal[score_part],
+                pred[score_part],
+                y_cal[score_part],
+                g_cal[score_part],
+            )
         elif self.bias_correction == "affine":
             a, b = fit_affine(pred, y_cal)
         else:
-            a, b = np.ones(len(names)), np.zeros(len(names))
-        self.affine_ = pd.DataFrame([a, b], index=["a", "b"], columns=names)
+            a, b = np.ones(y_arr.shape[1]), np.zeros(y_arr.shape[1])
+        self.affine_ = pd.DataFrame([a, b], index=["a", "b"], columns=self.target_names_)
         self.residuals_ = y_cal - (a * pred + b)
+        image_scores = -self.residuals_  # over-prediction scores s = y_tilde - y
         self.calibration_indices_ = cal
-        self.n_calibration_ = len(cal)
-        self.quantile_ = pd.Series(self._quantiles(self.delta), index=names, name="quantile")
-        return self
-
-    def _split(self, n, groups, size, what):
-        if groups is not None:
-            n_groups = len(np.unique(groups))
-            if n_groups < 2:
-                raise ValueError(
-                    f"{what}: need at least 2 distinct groups (subjects) to split, got {n_groups}."
+        self.n_calibration_images_ = len(cal)
+        self.subsample_indices_ = None
+        if self.calibration_unit == "subject-max":
+            self.scores_, self.calibration_groups_ = subject_max_scores(image_scores, g_cal)
+        else:
+            self.scores_ = image_scores
+            self.calibration_groups_ = np.unique(g_cal)
+            if self.calibration_unit == "subject-subsample":
+                self.subsample_indices_ = subsample_indices(
+                    g_cal, self.n_resamples, rng.randint(2**32)
                 )
-            splitter = GroupShuffleSplit(1, test_size=size, random_state=self.random_state)
-            train, cal = next(splitter.split(np.zeros(n), groups=groups))
-        else:
-            if n < 2:
-                raise ValueError(f"{what}: need at least 2 samples to split, got {n} sample(s).")
-            splitter = ShuffleSplit(1, test_size=size, random_state=self.random_state)
-            train, cal = next(splitter.split(np.zeros(n)))
-        if len(cal) == 0 or len(train) == 0:
-            raise ValueError(f"{what}={size!r} leaves an empty training or calibration part.")
-        return train, cal
-
-    def _check_y(self, y):
-        if isinstance(y, pd.DataFrame):
-            names = np.asarray(y.columns.astype(str))
-            arr = y.to_numpy(dtype=float)
-            one_d = False
-        else:
-            arr = np.asarray(y, dtype=float)
-            one_d = arr.ndim == 1
-            if one_d:
-                arr = arr[:, None]
-            if arr.ndim != 2:
-                raise ValueError(f"y must be 1-D or 2-D, got {arr.ndim} dimensions.")
-            names = (
-                np.asarray([str(getattr(y, "name", None) or "y0")])
-                if one_d and isinstance(y, pd.Series)
-                else np.asarray([f"y{i}" for i in range(arr.shape[1])])
-            )
-        if arr.shape[0] == 0:
-            raise ValueError("y is empty: 0 samples.")
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise ValueError(f"y has a NaN or infinite value at row {row}, target {names[col]!r}.")
-        return arr, names, one_d
-
-    def _fit_y(self, y, idx):
-        if isinstance(y, (pd.DataFrame, pd.Series)):
-            return y.iloc[idx]
-        return np.asarray(y)[idx]
+        # Units: subjects (their count, also for the subsample), or images by explicit choice.
+        self.n_calibration_ = (
+            len(self.scores_) if self.calibration_unit == "image" else len(self.calibration_groups_)
+        )
+        self.quantile_ = pd.Series(
+            self._quantiles(self.delta), index=self.target_names_, name="quantile"
+        )
+        return self
 
     def _raw_predict(self, X):
         pred = np.asarray(self.estimator_.predict(X), dtype=float)
         return pred.reshape(pred.shape[0], -1)
 
-    def _deltas(self, delta):
-        names = self.target_names_
-        if isinstance(delta, dict):
-            unknown = sorted(set(delta) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"delta names target(s) {unknown} the model does not predict; "
-                    f"targets are {list(names)}."
-                )
-            missing = [t for t in names if t not in delta]
-            if missing:
-                raise ValueError(f"delta gives no miscoverage for target(s) {missing}.")
-            values = [delta[t] for t in names]
-        else:
-            values = [delta] * len(names)
-        for t, d in zip(names, values):
-            if not isinstance(d, Real) or not 0 < d < 1:
-                raise ValueError(f"delta for target {t!r} must lie in (0, 1), got {d!r}.")
-        return values
+    def _first_estimator(self):
+        return self.estimator_
 
     def _quantiles(self, delta):
-        scores = -self.residuals_  # over-prediction scores s = y_tilde - y
-        q = np.array(
-            [one_sided_quantile(scores[:, j], d) for j, d in enumerate(self._deltas(delta))]
-        )
-        if np.isinf(q).any():
-            worst = [str(t) for t, v in zip(self.target_names_, q) if np.isinf(v)]
-            warnings.warn(
-                f"delta is too small for n_calibration={self.n_calibration_} for target(s) "
-                f"{worst}: the smallest delta this calibration size supports is "
-                f"1/(n+1) = {smallest_delta(self.n_calibration_):.4g}; "
-                "their lower bounds are -inf.",
-                UserWarning,
-                stacklevel=3,
+        """``q+`` per target at ``delta`` (validated), warning where it is infinite."""
+        deltas = self._deltas(delta)
+        if self.subsample_indices_ is not None:
+            q = np.array(
+                [
+                    subsampled_quantile(self.scores_[:, j], self.subsample_indices_, d)
+                    for j, d in enumerate(deltas)
+                ]
             )
+        else:
+            q = np.array([one_sided_quantile(self.scores_[:, j], d) for j, d in enumerate(deltas)])
+        self._warn_unbounded(q)
         return q
-
-    @property
-    def n_features_in_(self):
-        """Number of features seen by the base estimator (delegated)."""
-        check_is_fitted(self)
-        return self.estimator_.n_features_in_
-
-    @property
-    def feature_names_in_(self):
-        """Feature names seen by the base estimator (delegated)."""
-        check_is_fitted(self)
-        return self.estimator_.feature_names_in_
 
     # ---- prediction --------------------------------------------------------------------
     def predict(self, X):
         """Bias-corrected predictions ``y_tilde = a * y_hat + b``, shaped like ``y`` in fit."""
+        return self._shape(self.predict_components(X))
+
+    def predict_components(self, X) -> np.ndarray:
+        """Bias-corrected predictions ``y_tilde`` of shape (n_samples, n_targets).
+
+        With :meth:`lower_from_components`, the fast path for many deltas on one forward pass.
+        """
         check_is_fitted(self)
-        out = (
+        return (
             self._raw_predict(X) * self.affine_.loc["a"].to_numpy()
             + self.affine_.loc["b"].to_numpy()
         )
-        return out[:, 0] if self._y_1d else out
 
-    def predict_lower(self, X, delta=None):
-        """Calibrated lower bounds ``LB = y_tilde - q+(delta)``.
+    def lower_from_components(self, components, delta=None) -> np.ndarray:
+        """Lower bounds ``y_tilde - q+(delta)`` of shape (n_samples, n_targets).
 
         Parameters
         ----------
-        X : array-like
+        components : ndarray of shape (n_samples, n_targets)
+            From :meth:`predict_components`.
         delta : float or dict, default=None
-            Another miscoverage than the fitted one, without refitting.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_targets)
-            ``-inf`` where the calibration set cannot support ``delta`` (with a warning).
+            The fitted ``delta`` when None.
         """
         check_is_fitted(self)
         q = self.quantile_.to_numpy() if delta is None else self._quantiles(delta)
-        y_tilde = self.predict(X)
-        return y_tilde - (q[0] if self._y_1d else q)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.single_output = False
-        tags.target_tags.multi_output = True
-        base = Ridge() if self.estimator is None else self.estimator
-        tags.input_tags.sparse = get_tags(base).input_tags.sparse
-        return tags
+        return np.asarray(components, dtype=float) - q
 
 
-def _take(X, idx):
-    if not (isinstance(X, (pd.DataFrame, pd.Series, np.ndarray, list)) or sp.issparse(X)):
-        X = np.asarray(X)  # array-likes that are not subscriptable
-    return _safe_indexing(X, idx)
+def _split(groups, size, rng, what):
+    """Training / calibration rows, split by subject (the unit of exchangeability)."""
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(
+            f"{what}: need at least 2 distinct subjects (groups) to split, got {n_groups}."
+        )
+    if isinstance(size, Integral) and size >= n_groups:
+        raise ValueError(
+            f"{what}={size!r} asks for {size} calibration subjects, but there are only {n_groups}."
+        )
+    splitter = GroupShuffleSplit(1, test_size=size, random_state=rng.randint(2**32))
+    train, cal = next(splitter.split(np.zeros(len(groups)), groups=groups))
+    if len(cal) == 0 or len(train) == 0:
+        raise ValueError(f"{what}={size!r} leaves an empty training or calibration part.")
+    return train, cal

@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from sklearn_compat.base import _fit_context
 
 from skddh.conformal import OneSidedConformalRegressor
+from skddh.conformal._base import no_groups_message
 from skddh.metrics import utility
 from skddh.policy._cache import FITS, PREDICTIONS, content_key
 from skddh.policy._rules import DEFAULT_THRESHOLDS, RULES, rule_margin, rule_measurements
@@ -125,6 +126,31 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
             fitted = pickle.loads(cached(key, base, X, y_values, columns, codes, fit_params))
             FITS.put(key, fitted)
         return fitted, key
+
+    def _check_groups(self, groups):
+        """Fail before any fit when a subject-level regressor would get no subject ids."""
+        unit = getattr(self._base_bounds(), "calibration_unit", "image")
+        if groups is None and unit != "image":
+            raise ValueError(no_groups_message(type(self).__name__, unit))
+
+    def _lower_bounds(self, X, delta) -> np.ndarray:
+        """Lower bounds (n_samples, n_targets) of the fitted regressor at ``delta``.
+
+        Candidates of one cached search predict the same fold with the same fit: the
+        regressor's components (an encoder's forward pass) are kept and each delta applied.
+        """
+        est = self.estimator_
+        if not hasattr(est, "predict_components"):  # a duck-typed regressor: predict_lower only
+            lb = np.asarray(est.predict_lower(X, delta=delta), dtype=float)
+            return lb.reshape(len(lb), -1)
+        if self._cache_key_ is None:
+            return est.lower_from_components(est.predict_components(X), delta)
+        pkey = (self._cache_key_, content_key(X))
+        comp = PREDICTIONS.get(pkey)
+        if comp is None:
+            comp = est.predict_components(X)
+            PREDICTIONS.put(pkey, comp)
+        return est.lower_from_components(comp, delta)
 
     def abnormal(self, y) -> np.ndarray:
         """Which hips are truly abnormal: the definition of a *missed finding*.
@@ -339,7 +365,8 @@ class SelectiveImagingPolicy(_PolicyBase):
         self
         """
         y_fit, _ = self._split_y(y)
-        # Fail before the (possibly long) fit when thresholds or delta cannot apply.
+        # Fail before the (possibly long) fit when groups, thresholds or delta cannot apply.
+        self._check_groups(groups)
         self.thresholds_ = self._check_thresholds(list(y_fit.columns), self.rule)
         if isinstance(self.delta, dict):
             _check_delta_names(self.delta, y_fit.columns)
@@ -359,19 +386,7 @@ class SelectiveImagingPolicy(_PolicyBase):
         check_is_fitted(self)
         used = rule_measurements(self.rule, self.thresholds_)
         delta = _full_delta(self.estimator_, self.delta, used)
-        if self._cache_key_ is not None and isinstance(self.estimator_, OneSidedConformalRegressor):
-            # Candidates of one search predict the same fold with the same fit: keep the
-            # regressor's raw predictions (an encoder's forward pass) and apply each delta.
-            pkey = (self._cache_key_, content_key(X))
-            y_tilde = PREDICTIONS.get(pkey)
-            if y_tilde is None:
-                y_tilde = np.asarray(self.estimator_.predict(X), dtype=float)
-                y_tilde = y_tilde.reshape(len(y_tilde), -1)
-                PREDICTIONS.put(pkey, y_tilde)
-            lb = y_tilde - self.estimator_._quantiles(delta)
-        else:
-            lb = np.asarray(self.estimator_.predict_lower(X, delta=delta), dtype=float)
-            lb = lb.reshape(len(lb), -1)
+        lb = self._lower_bounds(X, delta)
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame(lb, columns=self.target_names_, index=index)
 

@@ -22,7 +22,7 @@ from sklearn.model_selection import GroupKFold, check_cv
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from skddh.conformal._split import _take
+from skddh.conformal._base import take as _take
 from skddh.metrics import missed_rate, pass_rate, utility
 from skddh.policy._policy import (
     SelectiveImagingPolicy,
@@ -207,6 +207,7 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         if sp.issparse(X):
             X = X.tocsr()  # row indexing for the folds; the regressor decides about sparse
         y_fit, _ = self._split_y(y)
+        self._check_groups(groups)
         names = list(y_fit.columns)
         self.thresholds_ = self._thresholds()
         rules, deltas = self._grid(names)
