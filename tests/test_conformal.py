@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import config_context
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LinearRegression
@@ -17,6 +18,7 @@ from skddh.conformal import (
     lower_bound,
     one_sided_quantile,
     smallest_delta,
+    subject_max_scores,
 )
 
 
@@ -186,11 +188,16 @@ def test_matches_mapie_split_conformal_lower_bound(n, delta):
 
 
 # ---- the estimator ----------------------------------------------------------------------------
+# scikit-learn's checks call fit(X, y) without groups: only the explicit image-level opt-in
+# can be fitted that way (the subject-level default raises, tested below).
 @parametrize_with_checks(
     [
-        OneSidedConformalRegressor(),
-        OneSidedConformalRegressor(bias_correction=None, calibration_size=0.3),
-        OneSidedConformalRegressor(bias_correction="affine-split", calibration_size=0.4),
+        OneSidedConformalRegressor(calibration_unit="image"),
+        OneSidedConformalRegressor(calibration_unit="image", calibration_size=0.3),
+        OneSidedConformalRegressor(
+            calibration_unit="image", bias_correction="affine-split", calibration_size=0.4
+        ),
+        OneSidedConformalRegressor(calibration_unit="image", bias_correction="affine"),
     ],
 )
 def test_sklearn_compatible(estimator, check):
@@ -216,9 +223,11 @@ def test_groups_make_a_subject_level_split():
         X, y, groups=groups
     )
     cal = model.calibration_indices_
-    train = np.setdiff1d(np.arange(len(y)), cal)
+    train = model.train_indices_
     assert not set(groups[cal]) & set(groups[train])
-    assert model.n_calibration_ == len(cal) == 60
+    assert len(cal) == model.n_calibration_images_ == 60
+    assert model.n_calibration_ == 15  # subjects, four images each
+    np.testing.assert_array_equal(model.calibration_groups_, np.unique(groups[cal]))
     assert list(model.target_names_) == ["alpha", "coverage"]
     assert list(model.affine_.columns) == ["alpha", "coverage"]
 
@@ -227,7 +236,7 @@ def test_frozen_estimator_is_not_refitted_and_all_data_calibrates():
     X, y, groups = _data()
     base = LinearRegression().fit(X[:100], y.iloc[:100])
     coef = base.coef_.copy()
-    model = OneSidedConformalRegressor(FrozenEstimator(base), bias_correction=None).fit(
+    model = OneSidedConformalRegressor(FrozenEstimator(base), calibration_unit="image").fit(
         X[100:], y.iloc[100:]
     )
     np.testing.assert_array_equal(base.coef_, coef)
@@ -246,21 +255,22 @@ def test_delta_mapping_and_refit_free_predict_lower():
     assert lb.shape == (len(y), 2)
     lb2 = model.predict_lower(X, delta={"alpha": 0.35, "coverage": 0.35})
     assert (lb2[:, 0] >= lb[:, 0]).all() and np.allclose(lb2[:, 1], lb[:, 1])
-    resid = model.residuals_
-    np.testing.assert_allclose(model.quantile_["alpha"], one_sided_quantile(-resid[:, 0], 0.1))
+    subject_max, _ = subject_max_scores(-model.residuals_, groups[model.calibration_indices_])
+    np.testing.assert_allclose(model.quantile_["alpha"], one_sided_quantile(subject_max[:, 0], 0.1))
 
 
 def test_one_dimensional_y_gives_one_dimensional_output():
-    X, y, _ = _data()
-    model = OneSidedConformalRegressor(random_state=0).fit(X, y["alpha"].to_numpy())
+    X, y, groups = _data()
+    model = OneSidedConformalRegressor(random_state=0).fit(X, y["alpha"].to_numpy(), groups=groups)
     assert model.predict(X).shape == (len(X),) and model.predict_lower(X).shape == (len(X),)
 
 
 def test_too_small_delta_warns_and_gives_minus_inf():
     X, y, groups = _data(n=40)
     model = OneSidedConformalRegressor(bias_correction=None, calibration_size=0.2, random_state=0)
-    with pytest.warns(UserWarning, match=r"smallest delta .* 1/\(n\+1\) = 0\.1111"):
-        model.set_params(delta=0.05).fit(X, y, groups=groups)
+    # 10 subjects, 2 calibrate: n counts subjects, so the smallest delta is 1/3, not 1/9
+    with pytest.warns(UserWarning, match=r"n_calibration=2 \(subjects\).* = 0\.3333"):
+        model.set_params(delta=0.2).fit(X, y, groups=groups)
     assert np.isneginf(model.predict_lower(X)).all()
 
 
@@ -271,8 +281,10 @@ def test_pipeline_gridsearch_clone_pickle():
     model = OneSidedConformalRegressor(
         make_pipeline(StandardScaler(), LinearRegression()), random_state=0
     )
-    search = GridSearchCV(model, {"calibration_size": [0.2, 0.3]}, cv=GroupKFold(3))
-    search.fit(X, y, groups=groups)
+    with config_context(enable_metadata_routing=True):
+        model.set_fit_request(groups=True)
+        search = GridSearchCV(model, {"calibration_size": [0.2, 0.3]}, cv=GroupKFold(3))
+        search.fit(X, y, groups=groups)
     assert search.best_params_["calibration_size"] in (0.2, 0.3)
     fitted = clone(model).fit(X, y, groups=groups)
     again = pickle.loads(pickle.dumps(fitted))
@@ -287,55 +299,56 @@ def test_pipeline_gridsearch_clone_pickle():
         ({"delta": {"alpha": 0.1, "beta": 0.1, "coverage": 0.1}}, {}, r"\['beta'\].*does not"),
         ({"delta": {"alpha": 0.1}}, {}, r"no miscoverage for target\(s\) \['coverage'\]"),
         ({"bias_correction": "quadratic"}, {}, "bias_correction"),
-        ({}, {"groups": np.zeros(240)}, "at least 2 distinct groups"),
+        ({}, {"groups": np.zeros(240)}, "at least 2 distinct subjects"),
+        ({}, {"groups": None}, "groups=None.*metadata routing.*calibration_unit='image'"),
+        ({"calibration_unit": "subject-subsample"}, {"groups": None}, "groups=None"),
+        ({"calibration_size": 60}, {}, "60 calibration subjects, but there are only 60"),
+        ({"calibration_unit": "images"}, {}, "calibration_unit"),
+        ({"n_resamples": 0}, {}, "n_resamples"),
+        ({"delta": True}, {}, "delta"),
+        ({}, {"groups": np.arange(7)}, r"groups must have shape \(240,\)"),
     ],
 )
 def test_bad_input(params, fit_kw, match):
-    X, y, _ = _data()
+    X, y, groups = _data()
+    fit_kw = {"groups": groups, **fit_kw}
     with pytest.raises(ValueError, match=match):
         OneSidedConformalRegressor(**params).fit(X, y, **fit_kw)
+
+
+def test_missing_subject_id_is_named():
+    X, y, groups = _data()
+    groups = groups.astype(object)
+    groups[11] = None
+    with pytest.raises(ValueError, match="missing subject id at row 11"):
+        OneSidedConformalRegressor().fit(X, y, groups=groups)
+
+
+def test_numpy_scalar_deltas():
+    X, y, groups = _data()
+    model = OneSidedConformalRegressor(delta=np.float32(0.2), random_state=0)
+    model.fit(X, y, groups=groups)
+    ref = OneSidedConformalRegressor(delta=0.2, random_state=0).fit(X, y, groups=groups)
+    np.testing.assert_array_equal(model.quantile_, ref.quantile_)
+    lb = model.predict_lower(X, delta={"alpha": np.float64(0.3), "coverage": np.float32(0.3)})
+    np.testing.assert_allclose(lb, ref.predict_lower(X, delta=0.3))
+
+
+def test_sample_weight_is_sliced_to_the_training_rows():
+    from sklearn.linear_model import Ridge
+
+    X, y, groups = _data()
+    w = np.linspace(0.5, 2.0, len(y))
+    model = OneSidedConformalRegressor(Ridge(), random_state=0).fit(
+        X, y, groups=groups, sample_weight=w
+    )
+    train = model.train_indices_
+    ref = Ridge().fit(X[train], y.iloc[train], sample_weight=w[train])
+    np.testing.assert_allclose(model.estimator_.coef_, ref.coef_)
 
 
 def test_nan_in_y_is_named():
     X, y, _ = _data()
     y.loc[7, "coverage"] = np.nan
     with pytest.raises(ValueError, match="row 7, target 'coverage'"):
-        OneSidedConformalRegressor().fit(X, y)
-
-
-def _estimator_coverage(n_cal_subjects, delta, correction, reps=1000, seed=0):
-    """Coverage of the *estimator's* bounds over fresh subject-level draws.
-
-    Each repetition draws new subjects (4 images each, correlated within subject), fits the
-    estimator with groups (training and calibration split by subject) and scores a new
-    subject's images. Tests the wiring (split, sign, correction) statistically, not only the
-    pure functions.
-    """
-    rng = np.random.default_rng(seed)
-    hits = np.empty(reps)
-    n_subj = 3 * n_cal_subjects + 1
-    for r in range(reps):
-        subj = np.repeat(np.arange(n_subj), 4)
-        x = rng.normal(size=(n_subj * 4, 2))
-        u = rng.normal(0, 2, n_subj)[subj]  # subject effect: images of one infant correlate
-        y = 60 + 4 * x[:, 0] - 2 * x[:, 1] + u + rng.gumbel(0, 2, len(subj))
-        new = subj == n_subj - 1
-        model = OneSidedConformalRegressor(
-            LinearRegression(),
-            delta=delta,
-            calibration_size=n_cal_subjects,
-            bias_correction=correction,
-            random_state=r,
-        ).fit(x[~new], y[~new], groups=subj[~new])
-        hits[r] = np.mean(y[new] >= model.predict_lower(x[new]))
-    return hits.mean(), hits.std() / np.sqrt(reps), model.n_calibration_
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("correction", [None, "affine-split"])
-def test_estimator_coverage_with_subject_groups(correction):
-    cov, se, n_scores = _estimator_coverage(7, 0.2, correction)
-    assert cov >= 0.8 - 4 * se, (cov, se)
-    # Images of one subject are exchangeable only as a block, so the upper end of the band
-    # is for subjects; it is still far from trivially covering everything.
-    assert cov <= 0.8 + 1 / (n_scores / 4 + 1) + 4 * se, (cov, se, n_scores)
+        OneSidedConformalRegressor(calibration_unit="image").fit(X, y)

@@ -15,6 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skddh import (
     OneSidedConformalRegressor,
+    OneSidedCrossConformalRegressor,
     SelectiveImagingPolicy,
     SelectiveImagingPolicyCV,
     make_policy_scorer,
@@ -34,20 +35,30 @@ EXPECTED_FAILURES = {
     "check_classifiers_train": LABELS_ARE_NOT_TARGETS,
     "check_classifiers_classes": LABELS_ARE_NOT_TARGETS + " (string labels are not numbers)",
     "check_classifiers_one_label": LABELS_ARE_NOT_TARGETS,
+    # sample_weight reaches the regressor (sliced to its training rows), so the fit succeeds
+    # and the decisions come from the bounds, not from the one label the weights keep.
+    "check_classifiers_one_label_sample_weights": LABELS_ARE_NOT_TARGETS,
     "check_classifier_multioutput": "one decision per hip from several measurements, by design",
     "check_classifiers_regression_target": "a continuous y is exactly what the policy learns from",
 }
 
 
+# scikit-learn's checks call fit(X, y) without groups, and a regressor that calibrates by
+# subject refuses that (rightly: image-level calibration under-covers a new subject). These
+# instances opt into image-level calibration, where every row is its own unit.
+def _image_level():
+    return OneSidedConformalRegressor(random_state=0, calibration_unit="image")
+
+
 def _policy_for_checks(cls, **kw):
-    return cls(OneSidedConformalRegressor(random_state=0), thresholds={"y0": 0.37}, delta=0.3, **kw)
+    return cls(_image_level(), thresholds={"y0": 0.37}, delta=0.3, **kw)
 
 
 @parametrize_with_checks(
     [
         _policy_for_checks(SelectiveImagingPolicy, rule="and"),
         SelectiveImagingPolicyCV(
-            OneSidedConformalRegressor(random_state=0),
+            _image_level(),
             rules=["and", "or"],
             deltas=[0.3, 0.5],
             thresholds={"y0": 0.37},
@@ -138,13 +149,21 @@ def _hips(n=400, seed=0):
     return X, y, groups
 
 
-def _conformal(**kw):
-    return OneSidedConformalRegressor(LinearRegression(), random_state=0, **kw)
+def _conformal(estimator=None, **kw):
+    est = LinearRegression() if estimator is None else estimator
+    return OneSidedConformalRegressor(est, random_state=0, **kw)
 
 
-def test_predict_follows_bounds_thresholds_and_rule():
+def _cross(estimator=None, **kw):
+    """CV+ over subjects: every subject both fits and calibrates."""
+    est = LinearRegression() if estimator is None else estimator
+    return OneSidedCrossConformalRegressor(est, cv=3, random_state=0, **kw)
+
+
+@pytest.mark.parametrize("make", [_conformal, _cross], ids=["split", "cv+"])
+def test_predict_follows_bounds_thresholds_and_rule(make):
     X, y, g = _hips()
-    policy = SelectiveImagingPolicy(_conformal(), rule="or", delta=0.2).fit(X, y, groups=g)
+    policy = SelectiveImagingPolicy(make(), rule="or", delta=0.2).fit(X, y, groups=g)
     lb = policy.predict_lower(X)
     assert list(lb.columns) == ["alpha", "beta", "coverage"]
     expected = (lb["alpha"] >= 60) | (lb["coverage"] >= 50)
@@ -176,7 +195,9 @@ def test_delta_mapping_per_measurement():
     ref = policy.estimator_.predict_lower(X, delta={"alpha": 0.1, "beta": 0.1, "coverage": 0.35})
     np.testing.assert_allclose(lb, ref)
     with pytest.raises(ValueError, match=r"no miscoverage for measurement\(s\) \['coverage'\]"):
-        SelectiveImagingPolicy(_conformal(), rule="and", delta={"alpha": 0.1}).fit(X, y).predict(X)
+        SelectiveImagingPolicy(_conformal(), rule="and", delta={"alpha": 0.1}).fit(
+            X, y, groups=g
+        ).predict(X)
 
 
 class _NaNRegressor(RegressorMixin, BaseEstimator):
@@ -198,7 +219,7 @@ def test_fail_safe_nan_predictions_are_referred():
         OneSidedConformalRegressor(_NaNRegressor(), random_state=0), rule="or", delta=0.4
     )
     cal_ok = X[:, 0] <= 1
-    policy.fit(X[cal_ok], y[cal_ok])
+    policy.fit(X[cal_ok], y[cal_ok], groups=g[cal_ok])
     X_new = X.copy()
     X_new[:10, 0] = 5.0  # these would pass on alpha: a high alpha prediction
     assert (policy.predict(X_new)[:10] == 0).all()
@@ -263,7 +284,7 @@ def test_bad_input_is_named(params, fit_y, match):
 
 def test_too_few_calibration_subjects_is_named():
     X, y, _ = _hips(n=40)
-    with pytest.raises(ValueError, match="at least 2 distinct groups"):
+    with pytest.raises(ValueError, match=r"at least 2 distinct subjects \(groups\)"):
         SelectiveImagingPolicy(_conformal()).fit(X, y, groups=np.zeros(40))
 
 
@@ -271,14 +292,14 @@ def test_too_few_calibration_subjects_is_named():
 def test_clone_pickle_pipeline():
     X, y, g = _hips()
     pipe = make_pipeline(StandardScaler(), SelectiveImagingPolicy(_conformal(), rule="and"))
-    pipe.fit(X, y)
+    pipe.fit(X, y, selectiveimagingpolicy__groups=g)
     again = pickle.loads(pickle.dumps(pipe))
     np.testing.assert_array_equal(again.predict(X), pipe.predict(X))
     assert clone(pipe).get_params()["selectiveimagingpolicy__rule"] == "and"
-    scores = cross_validate(SelectiveImagingPolicy(_conformal()), X, y, groups=g, cv=GroupKFold(4))[
-        "test_score"
-    ]
-    assert np.all(scores <= 0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        policy = SelectiveImagingPolicy(_conformal()).set_fit_request(groups=True)
+        scores = cross_validate(policy, X, y, params={"groups": g}, cv=GroupKFold(4))
+    assert np.all(scores["test_score"] <= 0)
 
 
 class _CountingRegressor(LinearRegression):
@@ -337,32 +358,39 @@ def test_gridsearch_with_groups_and_memory_fits_once_per_fold(tmp_path):
     assert cached_pred == 4 * 2
 
 
-def test_policy_cv_agrees_with_gridsearch_exactly():
+@pytest.mark.parametrize("make", [_conformal, _cross], ids=["split", "cv+"])
+def test_policy_cv_agrees_with_gridsearch_exactly(make):
     X, y, g = _hips()
-    rules, deltas = ["alpha", "or", "and"], [0.05, 0.1, 0.2, 0.35]
+    rules = ["alpha", "or", "and"]
+    deltas = [0.05, 0.1, 0.2, 0.35, {"alpha": 0.1, "coverage": 0.35}]
     twin = SelectiveImagingPolicyCV(
-        _conformal(), rules=rules, deltas=deltas, cv=GroupKFold(4), miss_penalty=20.0
+        make(), rules=rules, deltas=deltas, cv=GroupKFold(4), miss_penalty=20.0
     ).fit(X, y, groups=g)
     with sklearn.config_context(enable_metadata_routing=True):
-        policy = SelectiveImagingPolicy(_conformal()).set_fit_request(groups=True)
+        policy = SelectiveImagingPolicy(make()).set_fit_request(groups=True)
         search = GridSearchCV(
             policy,
             {"rule": rules, "delta": deltas},
             scoring=make_policy_scorer(radiation_cost=1.0, miss_penalty=20.0),
             cv=GroupKFold(4),
         ).fit(X, y, groups=g)
-    ours = twin.cv_results_.set_index(["rule", "delta"])["mean_test_score"]
-    theirs = pd.Series(
-        search.cv_results_["mean_test_score"],
+    ours = twin.cv_results_.assign(delta=twin.cv_results_["delta"].map(repr))
+    ours = ours.set_index(["rule", "delta"])
+    res = search.cv_results_
+    theirs = pd.DataFrame(
+        {f"split{k}_test_score": res[f"split{k}_test_score"] for k in range(4)},
         index=pd.MultiIndex.from_arrays(
-            [search.cv_results_["param_rule"], search.cv_results_["param_delta"].astype(float)]
+            [list(res["param_rule"]), [repr(d) for d in res["param_delta"]]]
         ),
-    )
-    for key, value in theirs.items():
-        assert ours.loc[key] == pytest.approx(value, abs=1e-12)
+    ).assign(mean_test_score=res["mean_test_score"])
+    assert len(theirs) == len(ours) == len(rules) * len(deltas)
+    for key, row in theirs.iterrows():  # candidate by candidate, fold by fold
+        for col, value in row.items():
+            assert ours.loc[key, col] == pytest.approx(value, abs=1e-12), (key, col)
     assert twin.best_score_ == pytest.approx(search.best_score_, abs=1e-12)
     np.testing.assert_array_equal(twin.predict(X), twin.policy_.predict(X))
     assert twin.policy_.rule == twin.best_rule_
+    assert type(twin.estimator_) is type(make())
 
 
 def test_policy_cv_delta_dicts_and_errors():
@@ -373,9 +401,233 @@ def test_policy_cv_delta_dicts_and_errors():
     )
     assert twin.best_delta_ in grid
     with pytest.raises(ValueError, match="rules must be a non-empty list"):
-        SelectiveImagingPolicyCV(_conformal(), rules=["majority"]).fit(X, y)
+        SelectiveImagingPolicyCV(_conformal(), rules=["majority"]).fit(X, y, groups=g)
     with pytest.raises(ValueError, match=r"every miscoverage must lie in \(0, 1\)"):
-        SelectiveImagingPolicyCV(_conformal(), deltas=[0.1, 1.0]).fit(X, y)
+        SelectiveImagingPolicyCV(_conformal(), deltas=[0.1, 1.0]).fit(X, y, groups=g)
+
+
+def _cv_rows(twin):
+    """cv_results_ in a canonical row order (rule, then delta as written)."""
+    res = twin.cv_results_.assign(delta=twin.cv_results_["delta"].map(repr))
+    return res.sort_values(["rule", "delta"]).reset_index(drop=True)
+
+
+def test_policy_cv_rule_order_does_not_change_results():
+    """Bounds are cached by the complete per-target delta, not by how a candidate reads."""
+    X, y, g = _hips()
+    deltas = [{"alpha": 0.4, "coverage": 0.2}, 0.1, {"alpha": 0.1, "beta": 0.3, "coverage": 0.35}]
+    a, b = (
+        SelectiveImagingPolicyCV(_conformal(), rules=rules, deltas=deltas, cv=GroupKFold(3)).fit(
+            X, y, groups=g
+        )
+        for rules in (["alpha", "or"], ["or", "alpha"])
+    )
+    pd.testing.assert_frame_equal(_cv_rows(a), _cv_rows(b))
+    assert (a.best_rule_, a.best_delta_) == (b.best_rule_, b.best_delta_)
+
+
+class _UnfittableRegressor(LinearRegression):
+    def fit(self, X, y, sample_weight=None):
+        raise AssertionError("fitted before the candidates were checked")
+
+
+def test_policy_cv_checks_every_candidate_before_fitting_in_either_rule_order():
+    X, y, g = _hips(n=80)
+    messages = []
+    for rules in (["alpha", "or"], ["or", "alpha"]):
+        twin = SelectiveImagingPolicyCV(
+            OneSidedConformalRegressor(_UnfittableRegressor()), rules=rules, deltas=[{"alpha": 0.4}]
+        )
+        match = r"gives no miscoverage for measurement\(s\) \['coverage'\] that rule 'or' reads"
+        with pytest.raises(ValueError, match=match) as err:
+            twin.fit(X, y, groups=g)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    # The same dict is a valid candidate for the alpha rule alone.
+    twin = SelectiveImagingPolicyCV(_conformal(), rules=["alpha"], deltas=[{"alpha": 0.4}], cv=3)
+    assert twin.fit(X, y, groups=g).best_delta_ == {"alpha": 0.4}
+
+
+def test_policy_cv_ties_go_to_the_smaller_delta():
+    X, y, g = _hips()
+    # Thresholds no bound reaches: every candidate refers every hip, so all of them tie.
+    kw = dict(thresholds={"alpha": 1e6, "coverage": 1e6}, cv=GroupKFold(3))
+    twin = SelectiveImagingPolicyCV(
+        _conformal(), rules=["or", "alpha", "and"], deltas=[0.4, 0.3, 0.2], **kw
+    ).fit(X, y, groups=g)
+    assert twin.cv_results_["mean_test_score"].nunique() == 1
+    assert (twin.best_rule_, twin.best_delta_) == ("and", 0.2)  # smallest, most conservative
+    dicts = [
+        {"alpha": 0.3, "coverage": 0.1},  # largest read miscoverage 0.3 under "or"
+        {"alpha": 0.2, "coverage": 0.2},  # 0.2, mean 0.2
+        {"alpha": 0.2, "coverage": 0.15},  # 0.2, mean 0.175: the smallest under "or"
+    ]
+    best = SelectiveImagingPolicyCV(_conformal(), rules=["or"], deltas=dicts, **kw)
+    assert best.fit(X, y, groups=g).best_delta_ == dicts[2]
+    # "alpha" reads alpha only: dicts[1] and dicts[2] tie on (0.2, 0.2); the first listed wins.
+    best = SelectiveImagingPolicyCV(_conformal(), rules=["alpha"], deltas=dicts, **kw)
+    assert best.fit(X, y, groups=g).best_delta_ == dicts[1]
+    # Across rules: "alpha" at dicts[1] or dicts[2] reads (0.2; mean 0.2), "and" at dicts[2]
+    # (0.2; mean 0.175); listed last, it still wins.
+    best = SelectiveImagingPolicyCV(_conformal(), rules=["alpha", "and"], deltas=dicts, **kw)
+    best.fit(X, y, groups=g)
+    assert (best.best_rule_, best.best_delta_) == ("and", dicts[2])
+
+
+def test_numpy_scalar_deltas_work_and_bool_is_not_a_delta():
+    X, y, g = _hips()
+    read = ["alpha", "coverage"]
+    plain = SelectiveImagingPolicy(_conformal(), rule="and", delta=0.35).fit(X, y, groups=g)
+    for delta in (
+        np.float32(0.35),
+        np.float64(0.35),
+        {"alpha": np.float32(0.35), "coverage": np.float16(0.35)},
+    ):
+        policy = clone(plain).set_params(delta=delta).fit(X, y, groups=g)
+        # np.float32(0.35) counts as the 0.35 it prints as (the exact order statistic).
+        pd.testing.assert_frame_equal(policy.predict_lower(X)[read], plain.predict_lower(X)[read])
+    kw = dict(rules=["and"], cv=GroupKFold(3))
+    ref = SelectiveImagingPolicyCV(_conformal(), deltas=[0.2, 0.35], **kw).fit(X, y, groups=g)
+    for deltas in (
+        np.array([0.2, 0.35], dtype=np.float32),
+        [{"alpha": np.float32(0.2), "coverage": np.float32(0.2)}, np.float32(0.35)],
+    ):
+        twin = SelectiveImagingPolicyCV(_conformal(), deltas=deltas, **kw).fit(X, y, groups=g)
+        np.testing.assert_array_equal(
+            twin.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"]
+        )
+    for bad in (True, np.True_):
+        with pytest.raises(ValueError, match="'delta' parameter"):
+            SelectiveImagingPolicy(_conformal(), delta=bad).fit(X, y, groups=g)
+        with pytest.raises(ValueError, match=r"every miscoverage must lie in \(0, 1\)"):
+            SelectiveImagingPolicy(
+                _conformal(), rule="and", delta={"alpha": bad, "coverage": 0.1}
+            ).fit(X, y, groups=g)
+        with pytest.raises(ValueError, match=r"every miscoverage must lie in \(0, 1\)"):
+            SelectiveImagingPolicyCV(_conformal(), deltas=[0.1, bad]).fit(X, y, groups=g)
+
+
+# ---- subjects: groups must reach every calibration split --------------------------------------
+def test_gridsearch_without_routing_names_metadata_routing():
+    X, y, g = _hips(n=80)
+    search = GridSearchCV(
+        SelectiveImagingPolicy(OneSidedConformalRegressor(LinearRegression(), random_state=0)),
+        {"delta": [0.1, 0.3]},
+        scoring=make_policy_scorer(),
+        cv=GroupKFold(4),
+    )
+    # Without routing GridSearchCV gives groups to its splitter only: every fit must fail
+    # loudly instead of calibrating image by image.
+    with pytest.raises(ValueError, match="metadata routing"):
+        search.fit(X, y, groups=g)
+
+
+class _RecordingRegressor(LinearRegression):
+    """LinearRegression that keeps the rows (and the sample weights) it was fitted on."""
+
+    def fit(self, X, y, sample_weight=None):
+        self.fit_X_ = np.asarray(X).copy()
+        self.sample_weight_ = None if sample_weight is None else np.asarray(sample_weight)
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def _subjects_of_rows(rows, X, g):
+    """Subject ids of rows of X (the first feature is unique per row in _hips)."""
+    lookup = dict(zip(X[:, 0], g))
+    return np.array([lookup[v] for v in rows[:, 0]])
+
+
+def _assert_no_calibration_subject_trains(reg, X, g, idx):
+    """``reg`` was fitted on rows ``idx`` of (X, g)."""
+    gf = g[idx]
+    if isinstance(reg, OneSidedCrossConformalRegressor):
+        # Every subject calibrates once, scored by the one fold model that did not train on it.
+        np.testing.assert_array_equal(reg.calibration_groups_, np.unique(gf))
+        assert len(reg.unit_fold_) == reg.n_calibration_ == len(np.unique(gf))
+        for k, est in enumerate(reg.estimators_):
+            trained = _subjects_of_rows(est.fit_X_, X, g)
+            scored = reg.calibration_groups_[reg.unit_fold_ == k]
+            assert len(scored) and np.intersect1d(trained, scored).size == 0
+        return
+    cal = reg.calibration_groups_
+    assert np.intersect1d(cal, gf[reg.train_indices_]).size == 0
+    np.testing.assert_array_equal(cal, np.unique(gf[reg.calibration_indices_]))
+    assert reg.n_calibration_ == len(cal) < len(reg.calibration_indices_)  # subjects, not images
+    trained = _subjects_of_rows(reg.estimator_.fit_X_, X, g)
+    assert np.intersect1d(cal, trained).size == 0
+
+
+@pytest.mark.parametrize("make", [_conformal, _cross], ids=["split", "cv+"])
+def test_routed_groups_keep_calibration_subjects_out_of_training(make):
+    X, y, g = _hips()
+    with sklearn.config_context(enable_metadata_routing=True):
+        policy = SelectiveImagingPolicy(make(_RecordingRegressor()), delta=0.2)
+        policy.set_fit_request(groups=True)
+        cv = cross_validate(
+            policy,
+            X,
+            y,
+            params={"groups": g},
+            cv=GroupKFold(4),
+            return_estimator=True,
+            return_indices=True,
+        )
+        search = GridSearchCV(
+            policy, {"delta": [0.1, 0.3]}, scoring=make_policy_scorer(), cv=GroupKFold(4)
+        ).fit(X, y, groups=g)
+    for fold_policy, train in zip(cv["estimator"], cv["indices"]["train"]):
+        _assert_no_calibration_subject_trains(fold_policy.estimator_, X, g, train)
+    _assert_no_calibration_subject_trains(
+        search.best_estimator_.estimator_, X, g, np.arange(len(g))
+    )
+
+
+def test_policy_cv_with_cross_conformal_regressor():
+    X, y, g = _hips()
+    twin = SelectiveImagingPolicyCV(
+        _cross(_RecordingRegressor()), deltas=[0.1, 0.3], cv=GroupKFold(3)
+    ).fit(X, y, groups=g)
+    assert isinstance(twin.estimator_, OneSidedCrossConformalRegressor)
+    _assert_no_calibration_subject_trains(twin.estimator_, X, g, np.arange(len(g)))
+    np.testing.assert_allclose(
+        twin.predict_lower(X), twin.estimator_.predict_lower(X, delta=twin.best_delta_)
+    )
+
+
+# ---- fit parameters ---------------------------------------------------------------------------
+class _WeightCheckingRegressor(_RecordingRegressor):
+    """Fails unless each row's sample weight is the one it was given with (weight = f(row))."""
+
+    def fit(self, X, y, sample_weight=None):
+        np.testing.assert_array_equal(sample_weight, _weight_of(np.asarray(X)))
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def _weight_of(X):
+    return 1.0 + X[:, 2] ** 2
+
+
+@pytest.mark.parametrize("make", [_conformal, _cross], ids=["split", "cv+"])
+def test_sample_weight_reaches_the_regressor_training_rows(make):
+    X, y, g = _hips()
+    w = _weight_of(X)
+
+    def check(reg):
+        if isinstance(reg, OneSidedCrossConformalRegressor):
+            fitted = reg.estimators_
+        else:
+            fitted = [reg.estimator_]
+            np.testing.assert_array_equal(reg.estimator_.sample_weight_, w[reg.train_indices_])
+        for est in fitted:  # the weights of the rows it trained on, not all of them
+            assert len(est.sample_weight_) == len(est.fit_X_) < len(X)
+
+    policy = SelectiveImagingPolicy(make(_WeightCheckingRegressor()), delta=0.2)
+    check(policy.fit(X, y, groups=g, sample_weight=w).estimator_)
+    # The CV twin slices them to each fold's rows first (the checking regressor fails if not).
+    twin = SelectiveImagingPolicyCV(
+        make(_WeightCheckingRegressor()), rules=["and"], deltas=[0.2, 0.4], cv=GroupKFold(3)
+    )
+    check(twin.fit(X, y, groups=g, sample_weight=w).estimator_)
 
 
 def test_cache_keys_hash_a_frozen_estimator_once(monkeypatch):

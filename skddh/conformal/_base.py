@@ -42,6 +42,17 @@ def no_groups_message(name: str, unit: str) -> str:
     )
 
 
+def check_miscoverage(value, what="delta") -> float:
+    """A miscoverage as a float: a real number in (0, 1), numpy scalars too, never a bool.
+
+    A numpy float becomes the decimal it prints as: ``np.float32(0.35)`` is 0.3499999940...,
+    which would move the exact order statistic ``k = ceil((n + 1)(1 - delta))`` by one.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not 0 < value < 1:
+        raise ValueError(f"{what}: every miscoverage must lie in (0, 1), got {value!r}.")
+    return float(str(value)) if isinstance(value, np.floating) else float(value)
+
+
 def take(X, idx):
     """Rows ``idx`` of images, features, DataFrames or sparse matrices."""
     if not (isinstance(X, (pd.DataFrame, pd.Series, np.ndarray, list)) or sp.issparse(X)):
@@ -135,12 +146,7 @@ class LowerBoundBase(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
             values = [delta[t] for t in names]
         else:
             values = [delta] * len(names)
-        out = []
-        for t, d in zip(names, values):
-            if isinstance(d, bool) or not isinstance(d, Real) or not 0 < d < 1:
-                raise ValueError(f"delta for target {t!r} must lie in (0, 1), got {d!r}.")
-            out.append(float(d))
-        return out
+        return [check_miscoverage(d, f"delta for target {t!r}") for t, d in zip(names, values)]
 
     def _warn_unbounded(self, q):
         if np.isinf(q).any():

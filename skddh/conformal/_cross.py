@@ -27,7 +27,7 @@ from numbers import Integral, Real
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import clone
-from sklearn.model_selection import GroupKFold, check_cv
+from sklearn.model_selection import GroupKFold, KFold, check_cv
 from sklearn.utils import check_random_state
 
 # Private helpers, stable since scikit-learn 1.3; sklearn-compat does not re-export them.
@@ -172,19 +172,23 @@ class OneSidedCrossConformalRegressor(LowerBoundBase):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def _folds(self, groups_arr, n):
+    def _folds(self, groups_arr, n, given):
         cv = self.cv
         if isinstance(cv, Integral):
             seed = check_random_state(self.random_state).randint(2**32)
             n_units = len(np.unique(groups_arr))
             if cv > n_units:
                 raise ValueError(
-                    f"cv={cv} folds need at least {cv} {self._unit_word()}, got {n_units}."
+                    f"cv={cv} folds need at least {cv} {self._unit_word()}, got {n_units} "
+                    f"(in {n} sample{'s' if n != 1 else ''})."
                 )
-            # Folds over subjects also for image-level scores: no subject trains and is scored.
-            cv = GroupKFold(cv, shuffle=True, random_state=seed)
+            # Folds over subjects whenever they are known (also for image-level scores: no
+            # subject both trains and is scored); over rows only without groups.
+            splitter = GroupKFold if given else KFold
+            cv = splitter(cv, shuffle=True, random_state=seed)
         cv = check_cv(cv)
-        folds = list(cv.split(np.zeros(n), None, groups_arr))
+        # Without groups (image-level by choice) a plain splitter gets none, and does not warn.
+        folds = list(cv.split(np.zeros(n), None, groups_arr if given else None))
         seen = np.zeros(n, dtype=int)
         for train, test in folds:
             seen[test] += 1
@@ -219,7 +223,7 @@ class OneSidedCrossConformalRegressor(LowerBoundBase):
         self
         """
         X, y_arr, groups_arr = self._check_data(X, y, groups)
-        folds = self._folds(groups_arr, len(y_arr))
+        folds = self._folds(groups_arr, len(y_arr), groups is not None)
         base = self._base()
 
         def fit_fold(train):

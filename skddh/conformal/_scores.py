@@ -106,6 +106,7 @@ def subsampled_quantile(scores, indices, delta: float) -> np.ndarray:
     """
     s = np.asarray(scores, dtype=float)
     idx = np.asarray(indices)
-    q = np.stack([one_sided_quantile(s[row], delta) for row in idx])
+    # All subsamples at once: the quantile over subjects (axis 0) of every subsample.
+    q = one_sided_quantile(np.swapaxes(s[idx], 0, 1), delta)  # (B,) or (B, n_targets)
     b = len(idx)
     return np.sort(q, axis=0)[b - b // 2 - 1]

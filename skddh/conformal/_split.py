@@ -292,7 +292,8 @@ def _split(groups, size, rng, what):
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise ValueError(
-            f"{what}: need at least 2 distinct subjects (groups) to split, got {n_groups}."
+            f"{what}: need at least 2 distinct subjects (groups) to split, got {n_groups} "
+            f"(in {len(groups)} sample{'s' if len(groups) != 1 else ''})."
         )
     if isinstance(size, Integral) and size >= n_groups:
         raise ValueError(

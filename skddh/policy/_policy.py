@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from sklearn_compat.base import _fit_context
 
 from skddh.conformal import OneSidedConformalRegressor
+from skddh.conformal._base import check_miscoverage as _miscoverage
 from skddh.conformal._base import no_groups_message
 from skddh.metrics import utility
 from skddh.policy._cache import FITS, PREDICTIONS, content_key
@@ -217,7 +218,7 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 
 
 def _check_delta_names(delta, names, what="delta"):
-    """A per-measurement delta may only name measurements the model predicts."""
+    """A per-measurement delta may only name measurements the model predicts, each in (0, 1)."""
     names = [str(t) for t in names]
     unknown = sorted(set(delta) - set(names))
     if unknown:
@@ -225,23 +226,29 @@ def _check_delta_names(delta, names, what="delta"):
             f"{what} names measurement(s) {unknown} the model does not predict; "
             f"it predicts {names}."
         )
+    for value in delta.values():
+        _miscoverage(value, what)
 
 
 def _full_delta(conformal, delta, used):
     """The policy's delta as the conformal regressor wants it: a float or a complete dict.
 
-    A dict must name every measurement the rule reads; targets it does not name keep the
-    regressor's own ``delta``.
+    A dict must name every measurement the rule reads (``used``); targets it does not name
+    keep the regressor's own ``delta``. Values come back as plain floats (see
+    :func:`_miscoverage`).
     """
     if not isinstance(delta, dict):
-        return delta
+        return _miscoverage(delta)
     names = [str(t) for t in conformal.target_names_]
     _check_delta_names(delta, names)
     lacking = [t for t in used if t not in delta]
     if lacking:
         raise ValueError(f"delta gives no miscoverage for measurement(s) {lacking} the rule reads.")
     own = conformal.delta
-    return {t: delta.get(t, own[t] if isinstance(own, dict) else own) for t in names}
+    return {
+        t: _miscoverage(delta[t] if t in delta else own[t] if isinstance(own, dict) else own)
+        for t in names
+    }
 
 
 class SelectiveImagingPolicy(_PolicyBase):
@@ -310,7 +317,7 @@ class SelectiveImagingPolicy(_PolicyBase):
     ...                   "coverage": 55 + 5 * X[:, 1] + rng.normal(0, 2, 300)})
     >>> policy = SelectiveImagingPolicy(
     ...     OneSidedConformalRegressor(random_state=0), rule="and", delta=0.1
-    ... ).fit(X[:200], y[:200])
+    ... ).fit(X[:200], y[:200], groups=np.arange(200) // 2)  # two images per subject
     >>> policy.predict_lower(X[200:203]).round(1).columns.tolist()
     ['alpha', 'coverage']
     >>> passed = policy.predict(X[200:])

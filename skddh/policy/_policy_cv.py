@@ -11,7 +11,7 @@ statistic and one comparison per case.
 from __future__ import annotations
 
 import warnings
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import pandas as pd
@@ -22,15 +22,17 @@ from sklearn.model_selection import GroupKFold, check_cv
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
+from skddh.conformal._base import subset_fit_params
 from skddh.conformal._base import take as _take
 from skddh.metrics import missed_rate, pass_rate, utility
 from skddh.policy._policy import (
     SelectiveImagingPolicy,
     _check_delta_names,
     _full_delta,
+    _miscoverage,
     _PolicyBase,
 )
-from skddh.policy._rules import RULES, rule_margin
+from skddh.policy._rules import RULES, rule_margin, rule_measurements
 
 __all__ = ["SelectiveImagingPolicyCV"]
 
@@ -39,19 +41,51 @@ def _default_deltas():
     return [round(d, 2) for d in np.arange(0.05, 0.501, 0.05)]
 
 
+#: Tie-break among rules, most conservative first.
+_CONSERVATIVENESS = {"and": 0, "alpha": 1, "or": 2}
+
+
 def _candidates(rules, deltas):
-    """(rule, delta) pairs, deltas outermost so that ties go to the smaller delta."""
+    """(rule, delta) pairs, deltas outermost: the rows of ``cv_results_``."""
     return [(rule, delta) for delta in deltas for rule in rules]
+
+
+def _tie_key(rule, delta, thresholds):
+    """Order among candidates of equal utility, the first one wins.
+
+    The largest miscoverage over the measurements the rule reads, then their mean, then the
+    rule's conservativeness (``"and"``, ``"alpha"``, ``"or"``). For a float delta both are
+    the float, so among equal floats the most conservative rule wins.
+    """
+    read = rule_measurements(rule, thresholds)
+    values = [_miscoverage(delta[t] if isinstance(delta, dict) else delta) for t in read]
+    return max(values), sum(values) / len(values), _CONSERVATIVENESS[rule]
+
+
+def _lower_bounds_of(fitted, X):
+    """``delta -> (n_samples, n_targets)`` lower bounds on ``X``, one forward pass for all."""
+    if hasattr(fitted, "predict_components"):
+        components = fitted.predict_components(X)
+
+        def lower(delta):
+            return fitted.lower_from_components(components, delta)
+
+    else:  # a duck-typed regressor: predict_lower only
+
+        def lower(delta):
+            lb = np.asarray(fitted.predict_lower(X, delta=delta), dtype=float)
+            return lb.reshape(len(lb), -1)
+
+    return lower
 
 
 def _score_fold(policy, X, y_fit, abnormal, groups, train, test, candidates, fit_params):
     """Fit once on ``train``; utility, pass and missed rates of every candidate on ``test``."""
     g = None if groups is None else groups[train]
-    fitted, _ = policy._fit_base(_take(X, train), y_fit.iloc[train], g, fit_params)
-    y_tilde = pd.DataFrame(
-        np.asarray(fitted.predict(_take(X, test)), dtype=float).reshape(len(test), -1),
-        columns=[str(t) for t in fitted.target_names_],
-    )
+    params = subset_fit_params(X, fit_params, train)  # sample_weight of the fold's rows
+    fitted, _ = policy._fit_base(_take(X, train), y_fit.iloc[train], g, params)
+    lower = _lower_bounds_of(fitted, _take(X, test))
+    names = [str(t) for t in fitted.target_names_]
     ab = abnormal[test]
     thr = policy.thresholds_
     rows = []
@@ -61,10 +95,11 @@ def _score_fold(policy, X, y_fit, abnormal, groups, train, test, candidates, fit
         warnings.simplefilter("ignore", UserWarning)
         cache = {}
         for rule, delta in candidates:
-            key = repr(delta)
+            full = _full_delta(fitted, delta, rule_measurements(rule, thr))
+            # Keyed by the complete per-target delta in force, not by how it was written.
+            key = tuple(full[t] for t in names) if isinstance(full, dict) else (full,) * len(names)
             if key not in cache:
-                full = _full_delta(fitted, delta, list(thr) if rule != "alpha" else ["alpha"])
-                cache[key] = y_tilde - fitted._quantiles(full)
+                cache[key] = pd.DataFrame(lower(full), columns=names)
             passed = rule_margin(cache[key], thr, rule) >= 0
             rows.append(
                 (
@@ -86,7 +121,16 @@ class SelectiveImagingPolicyCV(_PolicyBase):
 
     Each fold fits the conformal regressor once; all ``len(rules) * len(deltas)`` candidates
     are scored on the held-out fold from that one fit. The best candidate (highest mean
-    utility; ties go to the smaller delta) is then refitted on all data as ``policy_``.
+    utility) is then refitted on all data as ``policy_``.
+
+    Ties go to the smaller delta: among candidates of equal mean utility the winner has the
+    smallest largest miscoverage over the measurements its rule reads (for a float delta,
+    the float), then the smallest mean of those miscoverages, then the most conservative
+    rule (``"and"``, then ``"alpha"``, then ``"or"``), then comes first in the grid. So
+    among equal float deltas ``"and"`` wins; ``{"alpha": 0.2, "coverage": 0.15}`` beats
+    ``{"alpha": 0.2, "coverage": 0.2}`` under ``"or"`` and ``"and"``, and ties with it
+    under ``"alpha"``, which reads alpha only. The order in which ``rules`` and ``deltas``
+    are listed matters only for exact ties of this order.
 
     Parameters
     ----------
@@ -96,7 +140,10 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         Rules to try; ``None`` means all three.
     deltas : list of float or dict, default=None
         Miscoverages to try; ``None`` means 0.05, 0.10, ..., 0.50. A dict gives one
-        miscoverage per measurement (e.g. ``{"alpha": 0.1, "coverage": 0.35}``).
+        miscoverage per measurement (e.g. ``{"alpha": 0.1, "coverage": 0.35}``) and must
+        name every measurement each rule in ``rules`` reads, as the ``delta`` of
+        :class:`~skddh.SelectiveImagingPolicy` must; every candidate is checked before any
+        fit.
     thresholds, outcome, radiation_cost, miss_penalty, memory
         As in :class:`~skddh.SelectiveImagingPolicy`.
     cv : int, cross-validation generator or iterable, default=5
@@ -169,22 +216,30 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         self.n_jobs = n_jobs
 
     def _grid(self, names):
+        """Rules and deltas, every (rule, delta) candidate checked on its own before any fit."""
         rules = list(RULES if self.rules is None else self.rules)
-        bad = [r for r in rules if r not in RULES]
+        bad = [r for r in rules if not isinstance(r, str) or r not in RULES]
         if bad or not rules:
             raise ValueError(f"rules must be a non-empty list from {RULES}, got {self.rules!r}.")
         deltas = _default_deltas() if self.deltas is None else list(self.deltas)
         if not deltas:
             raise ValueError("deltas must hold at least one miscoverage.")
+        # In a fixed rule order, so that the error does not depend on how rules are listed.
+        reads = {}
+        for r in (r for r in RULES if r in rules):
+            reads[r] = rule_measurements(r, self._check_thresholds(names, r))
         for d in deltas:
-            values = d.values() if isinstance(d, dict) else [d]
-            for v in values:
-                if not isinstance(v, Real) or not 0 < v < 1:
-                    raise ValueError(f"deltas: every miscoverage must lie in (0, 1), got {d!r}.")
-            if isinstance(d, dict):
-                _check_delta_names(d, names, what=f"deltas entry {d!r}")
-        for r in rules:
-            self._check_thresholds(names, r)
+            if not isinstance(d, dict):
+                _miscoverage(d, f"deltas entry {d!r}")
+                continue
+            _check_delta_names(d, names, what=f"deltas entry {d!r}")
+            for r, used in reads.items():
+                lacking = [t for t in used if t not in d]
+                if lacking:
+                    raise ValueError(
+                        f"deltas entry {d!r} gives no miscoverage for measurement(s) "
+                        f"{lacking} that rule {r!r} reads."
+                    )
         return rules, deltas
 
     @_fit_context(prefer_skip_nested_validation=False)
@@ -219,6 +274,10 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         cv = check_cv(cv)
         splits = list(cv.split(np.zeros(len(y_fit)), None, groups_arr))
         candidates = _candidates(rules, deltas)
+        order = sorted(
+            range(len(candidates)),
+            key=lambda i: (_tie_key(*candidates[i], self.thresholds_), i),
+        )
         scores = Parallel(n_jobs=self.n_jobs)(
             delayed(_score_fold)(
                 self, X, y_fit, abnormal, groups_arr, tr, te, candidates, fit_params
@@ -239,7 +298,8 @@ class SelectiveImagingPolicyCV(_PolicyBase):
             results["mean_test_score"].rank(ascending=False, method="min").astype(int)
         )
         self.cv_results_ = results
-        best = int(np.argmax(results["mean_test_score"].to_numpy()))
+        mean = results["mean_test_score"].to_numpy()
+        best = max(order, key=lambda i: mean[i])  # the first of the best in tie order
         self.best_rule_, self.best_delta_ = candidates[best]
         self.best_score_ = float(results["mean_test_score"].iloc[best])
         self.policy_ = SelectiveImagingPolicy(
