@@ -101,3 +101,22 @@ def test_decision_curve_references():
 def test_bad_input_is_named(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_coverage_per_subject():
+    from skddh.metrics import coverage
+
+    y = np.array([60.0, 55.0, 70.0, 64.0, 50.0])
+    lb = np.array([58.0, 57.0, 61.0, -np.inf, 49.0])
+    g = ["a", "a", "b", "b", "c"]
+    assert coverage(y, lb) == 0.8
+    assert coverage(y, lb, groups=g) == 2 / 3  # subject a has an uncovered image
+    assert coverage(y, lb, groups=g, per_subject="mean") == (0.5 + 1 + 1) / 3
+    two = coverage(np.c_[y, y], np.c_[lb, lb - 10], groups=g)
+    assert two.tolist() == [2 / 3, 1.0]
+    with pytest.raises(ValueError, match="per_subject"):
+        coverage(y, lb, groups=g, per_subject="max")
+    with pytest.raises(ValueError, match="sample_weight and groups"):
+        coverage(y, lb, np.ones(5), groups=g)
+    with pytest.raises(ValueError, match="groups has shape"):
+        coverage(y, lb, groups=g[:3])

@@ -35,7 +35,9 @@ def _fitted(n=400, seed=0):
         }
     )
     model = OneSidedConformalRegressor(LinearRegression(), calibration_size=0.5, random_state=0)
-    policy = SelectiveImagingPolicy(model, rule="or", delta=0.2).fit(X[:200], y[:200])
+    groups = np.arange(n) // 2  # two images per subject
+    policy = SelectiveImagingPolicy(model, rule="or", delta=0.2)
+    policy.fit(X[:200], y[:200], groups=groups[:200])
     return policy, X[200:], y[200:]
 
 
@@ -74,3 +76,24 @@ def test_coverage_display_bad_input():
         CoverageDisplay.from_predictions(np.ones(3), {})
     with pytest.raises(ValueError, match=r"deltas in \(0, 1\)"):
         CoverageDisplay.from_predictions(np.ones(3), {1.5: np.zeros(3)})
+
+
+def test_coverage_display_counts_subjects_when_given_groups():
+    from skddh import OneSidedCrossConformalRegressor
+
+    rng = np.random.default_rng(0)
+    subject = np.repeat(np.arange(60), 3)
+    X = rng.normal(size=(180, 2))
+    y = X @ [2.0, 1.0] + rng.normal(0, 2, 60)[subject] + rng.normal(0, 0.3, 180)
+    fit, new = subject < 40, subject >= 40
+    split = OneSidedConformalRegressor(LinearRegression(), random_state=0)
+    split.fit(X[fit], y[fit], groups=subject[fit])
+    disp = CoverageDisplay.from_estimator(split, X[new], y[new], groups=subject[new])
+    assert disp.n_calibration == split.n_calibration_ == 8  # subjects, not images
+    per_image = CoverageDisplay.from_estimator(split, X[new], y[new])
+    assert (disp.coverage.to_numpy() <= per_image.coverage.to_numpy() + 1e-12).all()
+    cv = OneSidedCrossConformalRegressor(LinearRegression(), cv=4, random_state=0)
+    cv.fit(X[fit], y[fit], groups=subject[fit])
+    disp = CoverageDisplay.from_estimator(cv, X[new], y[new], groups=subject[new])
+    assert disp.n_calibration is None and disp.band_ is None  # CV+ has no exact band
+    plt.close("all")

@@ -78,9 +78,14 @@ def _costs(radiation_cost, miss_penalty):
 
 
 def coverage(
-    y_true: ArrayLike, lower: ArrayLike, sample_weight: ArrayLike | None = None
+    y_true: ArrayLike,
+    lower: ArrayLike,
+    sample_weight: ArrayLike | None = None,
+    *,
+    groups: ArrayLike | None = None,
+    per_subject: str = "all",
 ) -> float | pd.Series:
-    """Empirical coverage ``mean(y >= LB)``, per target.
+    """Empirical coverage ``mean(y >= LB)``, per target; per subject when ``groups`` are given.
 
     Parameters
     ----------
@@ -88,6 +93,13 @@ def coverage(
     lower : array-like of the same shape
         Lower bounds (``-inf`` covers everything).
     sample_weight : array-like of shape (n,), default=None
+        Per image; not allowed with ``groups``.
+    groups : array-like of shape (n,), default=None
+        Subject ids. Then each subject counts once: with ``per_subject="all"`` the share of
+        subjects whose every image is covered (what ``calibration_unit="subject-max"`` and
+        CV+ promise), with ``"mean"`` the mean over subjects of the share of their images
+        covered (a random image per subject: what ``"subject-subsample"`` promises).
+    per_subject : {"all", "mean"}, default="all"
 
     Returns
     -------
@@ -108,14 +120,32 @@ def coverage(
     if np.isnan(y).any() or np.isnan(lb).any():
         raise ValueError("y_true and lower must not hold NaN.")
     hit = y >= lb
+    if groups is not None:
+        hit = _per_subject(hit, groups, per_subject, sample_weight)
     if y.ndim == 1:
-        return _mean(hit, sample_weight)
+        return _mean(hit, sample_weight if groups is None else None)
     names = names if names is not None else [f"y{j}" for j in range(y.shape[1])]
     return pd.Series(
-        [_mean(hit[:, j], sample_weight) for j in range(y.shape[1])],
+        [_mean(hit[:, j], sample_weight if groups is None else None) for j in range(y.shape[1])],
         index=names,
         name="coverage",
     )
+
+
+def _per_subject(hit, groups, how, sample_weight):
+    """Image hits (n, ...) -> one value per subject: all covered, or the covered share."""
+    if sample_weight is not None:
+        raise ValueError("coverage: sample_weight and groups cannot be combined.")
+    if how not in ("all", "mean"):
+        raise ValueError(f"per_subject must be 'all' or 'mean', got {how!r}.")
+    g = np.asarray(groups)
+    if g.shape != hit.shape[:1]:
+        raise ValueError(f"groups has shape {g.shape}; y_true has {hit.shape[0]} rows.")
+    _, codes = np.unique(g, return_inverse=True)
+    counts = np.bincount(codes).reshape((-1,) + (1,) * (hit.ndim - 1))
+    covered = np.zeros((counts.shape[0],) + hit.shape[1:])
+    np.add.at(covered, codes, hit)
+    return covered == counts if how == "all" else covered / counts
 
 
 def pass_rate(passed: ArrayLike, sample_weight: ArrayLike | None = None) -> float:

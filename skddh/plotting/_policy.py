@@ -258,7 +258,17 @@ class CoverageDisplay:
         return self
 
     @classmethod
-    def from_predictions(cls, y_true, lower_bounds, *, n_calibration=None, name=None, ax=None):
+    def from_predictions(
+        cls,
+        y_true,
+        lower_bounds,
+        *,
+        n_calibration=None,
+        name=None,
+        ax=None,
+        groups=None,
+        per_subject="all",
+    ):
         """Coverage display from true values and lower bounds at several deltas.
 
         Parameters
@@ -267,6 +277,8 @@ class CoverageDisplay:
         lower_bounds : dict
             ``delta -> lower bounds`` shaped like ``y_true``.
         n_calibration : int, default=None
+        groups, per_subject
+            Count coverage per subject (see :func:`skddh.metrics.coverage`).
         name, ax
             See :meth:`plot`.
         """
@@ -277,7 +289,7 @@ class CoverageDisplay:
         for d in deltas:
             if not 0 < d < 1:
                 raise ValueError(f"lower_bounds keys must be deltas in (0, 1), got {d!r}.")
-            cov = _coverage(y_true, lower_bounds[d])
+            cov = _coverage(y_true, lower_bounds[d], groups=groups, per_subject=per_subject)
             rows.append(cov if isinstance(cov, pd.Series) else pd.Series({"y": cov}))
         table = pd.DataFrame(rows, index=pd.Index(deltas, name="delta"))
         disp = cls(
@@ -289,14 +301,19 @@ class CoverageDisplay:
         return disp.plot(ax=ax)
 
     @classmethod
-    def from_estimator(cls, estimator, X, y, *, deltas=None, name=None, ax=None):
+    def from_estimator(cls, estimator, X, y, *, groups=None, deltas=None, name=None, ax=None):
         """Coverage of a fitted conformal regressor (or policy) on held-out ``(X, y)``.
 
         Parameters
         ----------
-        estimator : OneSidedConformalRegressor or SelectiveImagingPolicy
+        estimator : OneSidedConformalRegressor, OneSidedCrossConformalRegressor or policy
             Fitted; a policy contributes its regressor.
         X, y : held-out data (``y`` holds the regressor's targets; other columns are ignored)
+        groups : array-like of shape (n_samples,), default=None
+            Subject ids of the held-out images. Coverage is then counted per subject, as the
+            regressor's ``calibration_unit`` promises it (every image of the subject for
+            ``"subject-max"`` and CV+, a random image for ``"subject-subsample"``), and the
+            band's ``n`` counts calibration subjects. Without groups, per image.
         deltas : array-like, default=None
             Default ``0.05, 0.10, ..., 0.50``.
         """
@@ -312,6 +329,17 @@ class CoverageDisplay:
         for d in deltas:
             lb = np.asarray(model.predict_lower(X, delta=float(d)), dtype=float)
             bounds[float(d)] = lb.reshape(len(lb), -1)
+        per_subject = (
+            "mean" if getattr(model, "calibration_unit", "") == "subject-subsample" else "all"
+        )
+        # The exact band belongs to split conformal; CV+ promises only 1 - 2 delta (no band).
+        n_band = None if hasattr(model, "estimators_") else model.n_calibration_
         return cls.from_predictions(
-            y_true, bounds, n_calibration=model.n_calibration_, name=name, ax=ax
+            y_true,
+            bounds,
+            n_calibration=n_band,
+            name=name,
+            ax=ax,
+            groups=groups,
+            per_subject=per_subject,
         )
