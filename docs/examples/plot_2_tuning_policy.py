@@ -42,15 +42,41 @@ X, y, groups = features[fit_rows], us.targets[fit_rows], us.subject[fit_rows]
 
 def regressor():
     head = MeasurementRegressor(epochs=60, device="cpu", random_state=0)
-    return OneSidedConformalRegressor(head, calibration_size=0.25, random_state=0)
+    return OneSidedConformalRegressor(head, calibration_size=0.3, random_state=0)
 
 
 # %%
-# GridSearchCV with a cache
-# -------------------------
-# Groups reach the policy's calibration split through scikit-learn's metadata routing.
+# Groups must reach the policy
+# ----------------------------
+# The policy calibrates by subject, so its ``fit`` needs ``groups``. ``GridSearchCV(...).fit(X,
+# y, groups=groups)`` gives them to the splitter only; without metadata routing the policy
+# gets none and refuses to fit rather than silently calibrating per image.
 scorer = make_policy_scorer(radiation_cost=1.0, miss_penalty=10.0)
 grid = {"rule": ["alpha", "or", "and"], "delta": [0.1, 0.2, 0.3, 0.4]}
+try:
+    GridSearchCV(
+        SelectiveImagingPolicy(regressor()),
+        grid,
+        scoring=scorer,
+        cv=GroupKFold(4),
+        error_score="raise",
+    ).fit(X, y, groups=groups)
+except ValueError as exc:
+    print(str(exc).split(". ")[0] + ".")
+else:
+    raise AssertionError("the policy was expected to refuse groups=None")
+
+# %%
+# GridSearchCV with routing and a cache
+# -------------------------------------
+# With ``enable_metadata_routing=True`` and ``set_fit_request(groups=True)`` on the policy,
+# ``groups`` reach both the splitter (``GroupKFold``) and the policy's own calibration split.
+# ``memory=`` caches the fitted regressor, so the 12 candidates cost one fit per fold.
+#
+# Calibration is by subject, so ``calibration_size=0.3`` above: each training fold holds
+# about 28 subjects, 9 of them calibrate, and 9 subjects support delta down to
+# ``1/(n+1) = 0.1``. With 7 of them, any delta below 0.125 would give ``LB = -inf`` and
+# refer every hip, with a warning.
 with sklearn.config_context(enable_metadata_routing=True), tempfile.TemporaryDirectory() as c:
     policy = SelectiveImagingPolicy(regressor(), memory=c).set_fit_request(groups=True)
     search = GridSearchCV(policy, grid, scoring=scorer, cv=GroupKFold(4)).fit(X, y, groups=groups)
@@ -59,6 +85,8 @@ print("GridSearchCV:", search.best_params_, round(search.best_score_, 3))
 # %%
 # The tuned twin: one fit per fold
 # --------------------------------
+# ``SelectiveImagingPolicyCV`` takes ``groups`` in its own ``fit`` and uses them for its
+# folds and for every calibration split inside them; no routing is needed.
 twin = SelectiveImagingPolicyCV(
     regressor(), deltas=[0.1, 0.2, 0.3, 0.4], cv=GroupKFold(4), miss_penalty=10.0
 ).fit(X, y, groups=groups)

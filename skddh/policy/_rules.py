@@ -9,6 +9,16 @@ import numpy as np
 
 RULES = ("alpha", "or", "and")
 DEFAULT_THRESHOLDS = {"alpha": 60.0, "coverage": 50.0}
+#: What a measurement can physically be (deg, or % for coverage). A lower bound above the
+#: maximum is no bound at all but a broken model (corrupted weights, an image far outside the
+#: training range): the case is referred, never passed.
+PHYSICAL_RANGES = {
+    "alpha": (0.0, 90.0),
+    "beta": (0.0, 180.0),
+    "coverage": (0.0, 100.0),
+    "ai": (0.0, 90.0),
+    "ce": (-90.0, 90.0),
+}
 
 
 def rule_measurements(rule: str, thresholds: dict) -> list[str]:
@@ -37,7 +47,9 @@ def rule_margin(lower, thresholds: dict, rule: str) -> np.ndarray:
     """Margin of the lower bounds over their thresholds under a rule; pass when ``>= 0``.
 
     ``alpha``: ``LB_alpha - t_alpha``; ``and``: the smallest margin; ``or``: the largest.
-    A case with a non-finite bound on any measurement the rule reads gets ``-inf`` (referred).
+    Fail-safe: a case with a non-finite bound on any measurement the rule reads, or a bound
+    above that measurement's physical maximum (:data:`PHYSICAL_RANGES`), gets ``-inf``
+    (referred).
 
     Parameters
     ----------
@@ -60,14 +72,19 @@ def rule_margin(lower, thresholds: dict, rule: str) -> np.ndarray:
     array([  2.,   5., -inf])
     >>> rule_margin(lb, {"alpha": 60.0, "coverage": 50.0}, "and")
     array([ -5.,  -2., -inf])
+    >>> rule_margin({"alpha": [75.0, 1e20]}, {"alpha": 60.0}, "alpha")  # 1e20 deg: broken
+    array([ 15., -inf])
     """
     cols = rule_measurements(rule, thresholds)
     missing = [c for c in cols if c not in lower]
     if missing:
         raise ValueError(f"lower bounds lack measurement(s) {missing} that rule {rule!r} reads.")
-    m = np.column_stack([np.asarray(lower[c], dtype=float) - float(thresholds[c]) for c in cols])
+    lb = np.column_stack([np.asarray(lower[c], dtype=float) for c in cols])
+    top = np.array([PHYSICAL_RANGES.get(c, (-np.inf, np.inf))[1] for c in cols])
+    m = lb - np.array([float(thresholds[c]) for c in cols])
     combined = m.max(axis=1) if rule == "or" else m.min(axis=1)
-    return np.where(np.isfinite(m).all(axis=1), combined, -np.inf)
+    sound = np.isfinite(lb).all(axis=1) & (lb <= top).all(axis=1)
+    return np.where(sound, combined, -np.inf)
 
 
 def apply_rule(lower, thresholds: dict, rule: str) -> np.ndarray:
