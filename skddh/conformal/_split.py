@@ -51,8 +51,9 @@ class OneSidedConformalRegressor(LowerBoundBase):
     delta : float or dict, default=0.1
         Miscoverage in (0, 1), or a mapping target name -> miscoverage covering every target.
     calibration_size : float or int, default=0.2
-        Share (float in (0, 1)) or number (int) of subjects held out for calibration (of
-        images with ``calibration_unit="image"``).
+        Share (float in (0, 1)) or number (int) of subjects held out for calibration. The
+        split is by subject whenever ``groups`` are given, also for ``"image"`` scores;
+        without groups (``"image"`` only) it counts images.
     calibration_unit : {"subject-max", "subject-subsample", "image"}, default="subject-max"
         ``"subject-max"``: each calibration subject scores its largest over-prediction; for
         a new subject, ``P(every one of its images has y >= LB) >= 1 - delta`` (at most
