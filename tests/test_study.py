@@ -52,3 +52,31 @@ def test_report_files(tiny_study, tmp_path):
         assert heading in text
     for name in ["mae.csv", "radii.csv", "coverage.csv", "policy.csv", "decision_curve.png"]:
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_calibration_methods_table(tiny_study, tmp_path):
+    """The paper's calibration beside the exact split and CV+, at delta = 0.10."""
+    m = tiny_study.calibration_methods
+    assert len(m) == 3
+    paper, split, cv = (m.iloc[i] for i in range(3))
+    assert "paper" in m.index[0] and "split" in m.index[1] and "CV+" in m.index[2]
+    assert list(m["n_units"]) == [22, 7, 37]  # images; subjects; every non-test subject
+    assert tiny_study.n_calibration_subjects == 7
+    # The paper row is the configuration the other tables use.
+    np.testing.assert_allclose(
+        [paper["q_plus_alpha"], paper["q_plus_coverage"]],
+        tiny_study.radii.loc[["alpha", "coverage"], "q_plus"],
+    )
+    # 7 subjects cannot support delta = 0.10 (1/(n+1) = 0.125): -inf bounds, nothing passes.
+    assert np.isinf(split["q_plus_alpha"]) and split["coverage_alpha"] == 1.0
+    assert split["alpha_pass_rate"] == 0.0
+    assert np.isfinite(cv["q_plus_alpha"]) and np.isfinite(cv["q_plus_coverage"])
+    rates = m.drop(columns=["calibration_units", "n_units", "guarantee"])
+    rates = rates.drop(columns=["q_plus_alpha", "q_plus_coverage"]).to_numpy(float)
+    assert ((rates >= 0) & (rates <= 1)).all()
+    assert (m["missed_alpha_below_60"] <= m["alpha_pass_rate"]).all()
+    assert m["oracle_pass_rate"].nunique() == 1
+    text = write_report(tiny_study, tmp_path).read_text()
+    assert "## Calibration methods at delta = 0.10" in text
+    assert all(name in text for name in m.index)
+    assert (tmp_path / "calibration_methods.csv").stat().st_size > 0
