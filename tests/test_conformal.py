@@ -352,3 +352,34 @@ def test_nan_in_y_is_named():
     y.loc[7, "coverage"] = np.nan
     with pytest.raises(ValueError, match="row 7, target 'coverage'"):
         OneSidedConformalRegressor(calibration_unit="image").fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [[1, "1"] * 120, pd.Series([1, "1"] * 120, dtype=object)],
+    ids=["list", "object-series"],
+)
+def test_mixed_type_subject_ids_are_refused(groups):
+    X, y, _ = _data()
+    with pytest.raises(ValueError, match=r"mixes subject id types \['int', 'str'\]"):
+        OneSidedConformalRegressor().fit(X, y, groups=groups)
+
+
+def test_delta_next_to_one_keeps_its_order_statistic():
+    s = np.arange(1.0, 11.0)
+    assert one_sided_quantile(s, 1 - 1e-10) == 1.0  # k = ceil(11 * 1e-10) = 1: the smallest
+    assert one_sided_quantile(s, 1e-10) == np.inf
+
+
+def test_nan_predictions_count_as_unbounded_scores():
+    X, y, groups = _data()
+
+    class NanSome(LinearRegression):
+        def predict(self, X):
+            p = super().predict(X)
+            p[np.asarray(X)[:, 2] > 1.0] = np.nan
+            return p
+
+    with pytest.warns(UserWarning, match="predicted NaN for"):
+        model = OneSidedConformalRegressor(NanSome(), random_state=0).fit(X, y, groups=groups)
+    assert np.isposinf(model.scores_).any()

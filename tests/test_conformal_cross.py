@@ -185,3 +185,34 @@ def test_too_small_delta_warns_and_gives_minus_inf():
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_nan_predictions_cannot_drop_subjects_out_of_the_ranking():
+    """A NaN sorted last would count a subject as covered; as -inf it can only lower the bound."""
+    rng = np.random.default_rng(3)
+    preds = rng.normal(size=(4, 3))
+    scores = rng.normal(size=12)
+    fold = np.arange(12) % 3
+    scores_nan = scores.copy()
+    scores_nan[:4] = np.nan
+    lb_nan = cv_plus_lower_bound(preds, scores_nan, fold, 0.3)
+    lb_inf = cv_plus_lower_bound(preds, np.where(np.isnan(scores_nan), np.inf, scores), fold, 0.3)
+    np.testing.assert_array_equal(lb_nan, lb_inf)
+    assert (lb_nan <= cv_plus_lower_bound(preds, scores, fold, 0.3)).all()
+    preds[1, 0] = np.nan  # one fold model cannot predict this case
+    assert cv_plus_lower_bound(preds, scores, fold, 0.3)[1] <= lb_inf.max()
+
+
+def test_nan_predicting_base_warns_and_stays_conservative():
+    X, y, subject = _data()
+
+    class NanSome(LinearRegression):
+        def predict(self, X):
+            p = super().predict(X)
+            p[np.asarray(X)[:, 2] > 0.8] = np.nan
+            return p
+
+    with pytest.warns(UserWarning, match="predicted NaN for"):
+        model = OneSidedCrossConformalRegressor(NanSome(), cv=4, random_state=0)
+        model.fit(X, y, groups=subject)
+    assert np.isposinf(model.scores_).any()

@@ -82,7 +82,9 @@ def test_deterministic_on_cpu_and_pickle_clone():
 def test_inside_conformal_and_cross_val_score():
     X, y = _data()
     head = MeasurementRegressor(hidden=32, epochs=100, device="cpu", random_state=0)
-    model = OneSidedConformalRegressor(head, random_state=0).fit(X, y[["alpha", "coverage"]])
+    subjects = np.arange(len(y)) // 3
+    model = OneSidedConformalRegressor(head, random_state=0)
+    model.fit(X, y[["alpha", "coverage"]], groups=subjects)
     assert model.predict_lower(X).shape == (240, 2)
     scores = cross_val_score(
         MeasurementRegressor(hidden=16, epochs=200, lr=3e-3, device="cpu", random_state=0),

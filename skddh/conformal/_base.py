@@ -28,6 +28,32 @@ from skddh.conformal._quantile import smallest_delta
 CALIBRATION_UNITS = ("subject-max", "subject-subsample", "image")
 
 
+def check_groups(groups) -> np.ndarray:
+    """Subject ids as an array, refusing ids of mixed types (``1`` and ``"1"``).
+
+    ``np.asarray([1, "1"])`` would silently make them one subject (both strings), and an
+    object Series of mixed types cannot be sorted; either way ``n`` would be wrong.
+    """
+    values = groups.to_numpy() if isinstance(groups, (pd.Series, pd.Index)) else groups
+    if not isinstance(values, np.ndarray) or values.dtype == object:
+        kinds = {type(v) for v in values if not pd.isna(v)}  # missing ids: named later
+        kinds = {bool if issubclass(k, (bool, np.bool_)) else k for k in kinds}
+        numeric = {k for k in kinds if issubclass(k, (int, float, np.number))}
+        if len(kinds - numeric) + bool(numeric) > 1:
+            names = sorted(k.__name__ for k in kinds)
+            raise ValueError(
+                f"groups mixes subject id types {names}: ids such as 1 and '1' would be "
+                "merged or could not be compared. Use one type (e.g. all strings)."
+            )
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        try:
+            np.unique(arr[~pd.isna(arr)])
+        except TypeError as exc:
+            raise ValueError(f"groups: subject ids cannot be compared ({exc}).") from None
+    return arr
+
+
 def no_groups_message(name: str, unit: str) -> str:
     """The error for a subject-level estimator fitted without ``groups``."""
     return (
@@ -51,6 +77,27 @@ def check_miscoverage(value, what="delta") -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not 0 < value < 1:
         raise ValueError(f"{what}: every miscoverage must lie in (0, 1), got {value!r}.")
     return float(str(value)) if isinstance(value, np.floating) else float(value)
+
+
+def nan_scores_unbounded(scores, name: str) -> np.ndarray:
+    """Over-prediction scores with NaN (a base model that predicted NaN) set to ``+inf``.
+
+    A NaN score must not drop out of the ranking (``np.partition`` and ``np.sort`` put NaN
+    last, which would count that subject as covered while ``n`` still counts it): as
+    ``+inf`` it is the worst score, and the bound stays valid, only wider. Warns.
+    """
+    s = np.asarray(scores, dtype=float)
+    bad = np.isnan(s)
+    if bad.any():
+        warnings.warn(
+            f"{name}: the base estimator predicted NaN for {int(bad.any(axis=-1).sum())} "
+            "calibration case(s); their scores count as +inf (unbounded), which widens the "
+            "lower bounds.",
+            UserWarning,
+            stacklevel=3,
+        )
+        s = np.where(bad, np.inf, s)
+    return s
 
 
 def take(X, idx):
@@ -114,7 +161,7 @@ class LowerBoundBase(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
                 raise ValueError(no_groups_message(type(self).__name__, self.calibration_unit))
             groups_arr = np.arange(n)  # every image its own unit, by the user's choice
         else:
-            groups_arr = np.asarray(groups)
+            groups_arr = check_groups(groups)
             if groups_arr.ndim != 1 or len(groups_arr) != n:
                 raise ValueError(f"groups must have shape ({n},), got {groups_arr.shape}.")
             if pd.isna(groups_arr).any():

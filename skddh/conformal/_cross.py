@@ -35,7 +35,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from skddh.conformal._base import LowerBoundBase, subset_fit_params, take
+from skddh.conformal._base import LowerBoundBase, nan_scores_unbounded, subset_fit_params, take
 from skddh.conformal._quantile import _exact_k
 from skddh.conformal._scores import subject_max_scores
 
@@ -75,6 +75,9 @@ def cv_plus_lower_bound(fold_predictions, scores, unit_fold, delta: float) -> np
     if j <= 0:
         return np.full(len(p), -np.inf)
     values = p[:, np.asarray(unit_fold)] - s  # (n_samples, n_units)
+    # A NaN (a fold model that predicted NaN, for the case or a calibration subject) must not
+    # sort last and drop out: as -inf it can only lower the bound (conservative).
+    values = np.where(np.isnan(values), -np.inf, values)
     return np.partition(values, j - 1, axis=1)[:, j - 1]
 
 
@@ -238,6 +241,7 @@ class OneSidedCrossConformalRegressor(LowerBoundBase):
         for k, (_, test) in enumerate(folds):
             image_scores[test] = _predict(self.estimators_[k], take(X, test)) - y_arr[test]
             image_fold[test] = k
+        image_scores = nan_scores_unbounded(image_scores, type(self).__name__)
         if self.calibration_unit == "image":
             self.scores_, self.calibration_groups_ = image_scores, np.arange(len(y_arr))
             self.unit_fold_ = image_fold

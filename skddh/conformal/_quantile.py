@@ -20,7 +20,10 @@ def _exact_k(n: int, delta: float) -> int:
     in floating point; the delta a user typed is recovered as a fraction with a denominator
     below 10**9 so that k is the intended order statistic.
     """
-    frac = Fraction(float(delta)).limit_denominator(10**9)  # float(): numpy scalars too
+    exact = Fraction(float(delta))  # float(): numpy scalars too
+    frac = exact.limit_denominator(10**9)
+    if not 0 < frac < 1:  # a delta within 1e-9 of 0 or 1: keep it as the float it is
+        frac = exact
     return math.ceil((n + 1) * (1 - frac))
 
 

@@ -25,6 +25,7 @@ from sklearn_compat.base import _fit_context
 from skddh.conformal._base import (
     CALIBRATION_UNITS,
     LowerBoundBase,
+    nan_scores_unbounded,
     subset_fit_params,
     take,
 )
@@ -213,7 +214,8 @@ class OneSidedConformalRegressor(LowerBoundBase):
             a, b = np.ones(y_arr.shape[1]), np.zeros(y_arr.shape[1])
         self.affine_ = pd.DataFrame([a, b], index=["a", "b"], columns=self.target_names_)
         self.residuals_ = y_cal - (a * pred + b)
-        image_scores = -self.residuals_  # over-prediction scores s = y_tilde - y
+        # over-prediction scores s = y_tilde - y
+        image_scores = nan_scores_unbounded(-self.residuals_, type(self).__name__)
         self.calibration_indices_ = cal
         self.n_calibration_images_ = len(cal)
         self.subsample_indices_ = None
