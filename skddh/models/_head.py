@@ -19,6 +19,22 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from sklearn_compat.base import _fit_context
 
 
+def _build_module(n_features, hidden, dropout, n_out):
+    """The head's network, freshly initialised: features -> hidden -> outputs.
+
+    One definition for :meth:`MeasurementRegressor.fit` and for rebuilding a saved head
+    (:func:`skddh.model_file.load_policy`), so the two cannot drift apart.
+    """
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Linear(n_features, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, n_out),
+    )
+
+
 class MeasurementRegressor(RegressorMixin, BaseEstimator):
     """MLP head (features -> hidden -> measurements): L1 for angles, cross-entropy for grades.
 
@@ -172,7 +188,6 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         self
         """
         import torch
-        from torch import nn
 
         from skddh.models import _torch as T
 
@@ -217,12 +232,7 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         seed = T.seed_from(self.random_state)
         n_out = len(reg) + sum(len(self.classes_[t]) for t in cls)
         with T.seeded(seed):
-            module = nn.Sequential(
-                nn.Linear(X.shape[1], self.hidden),
-                nn.ReLU(),
-                nn.Dropout(self.dropout),
-                nn.Linear(self.hidden, n_out),
-            )
+            module = _build_module(X.shape[1], self.hidden, self.dropout, n_out)
         module = module.to(device)
         xt = torch.from_numpy((X - self.x_mean_) / self.x_scale_).to(device)
         yr = torch.from_numpy(((y_reg - self.y_mean_) / self.y_scale_).astype(np.float32)).to(
