@@ -8,6 +8,7 @@ policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRegressor
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
 from skddh.metrics import make_policy_scorer
+from skddh.model_file import load_policy, save_policy
 from skddh.models import MeasurementRegressor, SimSiamFeaturizer
 from skddh.plotting import CoverageDisplay, DecisionCurveDisplay
 from skddh.policy import SelectiveImagingPolicy, SelectiveImagingPolicyCV
@@ -25,7 +26,9 @@ __all__ = [
     "SimSiamFeaturizer",
     "__version__",
     "load_image_table",
+    "load_policy",
     "make_hip_cohort",
     "make_policy_scorer",
     "save_image_table",
+    "save_policy",
 ]
