@@ -1,29 +1,162 @@
 """The ``skddh`` command line: ``reproduce`` (the paper's study), ``fit`` / ``predict`` (your
-own registry, no Python needed) and ``cohort`` (the synthetic cohort's summary and figure)."""
+own registry, no Python needed) and ``cohort`` (the synthetic cohort's summary and figure).
+
+How it fails:
+
+- Every argument and output path is checked before any compute: an output directory must
+  exist or be creatable and be writable, an output file's directory must exist and be
+  writable, an output may not be one of the inputs, ``fit``'s deltas must be supported by the
+  number of calibration subjects.
+- An error is one line, ``skddh <command>: error: ...``, on stderr, exit status 2 (argparse's
+  usage errors too); ``skddh --debug ...`` shows the traceback instead.
+- Ctrl-C prints ``skddh <command>: interrupted`` and exits with status 130.
+- Every file is written to a temporary file beside it and renamed into place when complete
+  (:mod:`skddh._atomic`), so an interrupted or failed write leaves the old file untouched.
+- ``reproduce --out X`` writes ``X/INCOMPLETE`` first and removes it when the report is
+  written: while it is there, the report and tables in X are from an earlier run (or a mix),
+  not from the command it names.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import math
 import os
+import re
+import shlex
 import sys
+import tempfile
 import time
-import warnings
+from fractions import Fraction
 from pathlib import Path
 
+from skddh._atomic import atomic_savefig, atomic_to_csv, atomic_write, atomic_write_text
 from skddh.conformal import CALIBRATION_UNITS
+
+#: Smallest ``--image-size``: the ResNet-18 encoder downsamples 32-fold (4-fold in its stem
+#: alone), so a smaller image is a single pixel, or less, after its first layers.
+MIN_IMAGE_SIZE = 16
+#: numpy seeds are 32-bit; ``reproduce`` also uses ``seed + 1``.
+MAX_SEED = 2**31 - 1
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+#: Exit status of a usage or data error (argparse's too).
+EXIT_ERROR = 2
+
+
+class CommandError(Exception):
+    """A user error a command found (bad data, an unsupported delta): one line, status 2."""
+
+
+# Exceptions reported as one line (unless --debug): the user's data or the machine, not a bug
+# in skddh. ImportError: an optional dependency (pydicom) the data needs.
+_USER_ERRORS = (CommandError, ValueError, TypeError, OSError, ImportError)
+
+
+# ---- argument types: each checks one value, at parse time, before any compute ----------------
+def _check_writable(directory: Path) -> str | None:
+    """Why files cannot be created in ``directory``, or None when they can."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "is not writable"
+    try:  # os.access does not see a read-only mount or an ACL; creating a file does
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        return f"is not writable ({exc.strerror or exc})"
+    return None
 
 
 def _writable_dir(value: str) -> Path:
+    """An output directory: created if missing (with its parents), and writable."""
     path = Path(value)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise argparse.ArgumentTypeError(
-            f"cannot create output directory {value!r}: {exc}"
-        ) from exc
-    if not os.access(path, os.W_OK):
-        raise argparse.ArgumentTypeError(f"output directory {value!r} is not writable")
+            f"cannot create output directory {value!r}: {exc.strerror or exc}"
+        ) from None
+    problem = _check_writable(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"output directory {value!r} {problem}")
     return path
+
+
+def _output_file(value: str) -> Path:
+    """An output file: not a directory; its directory exists and is writable."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist (create it first)"
+        raise argparse.ArgumentTypeError(f"the directory {str(parent)!r} of {value!r} {what}")
+    problem = _check_writable(parent)
+    if problem:
+        raise argparse.ArgumentTypeError(f"the directory {str(parent)!r} of {value!r} {problem}")
+    return path
+
+
+def _device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N; a CUDA device only where CUDA is available."""
+    if value in ("auto", "cpu"):
+        return value
+    match = re.fullmatch(r"cuda(?::(\d+))?", value)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from 'auto', 'cpu', 'cuda', 'cuda:N')"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{value!r}, but CUDA is not available here (use auto or cpu)"
+        )
+    count = torch.cuda.device_count()
+    if match[1] is not None and int(match[1]) >= count:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+        )
+    return value
+
+
+def _seed(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if not 0 <= n <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must lie in [0, {MAX_SEED}], got {value}")
+    return n
+
+
+def _image_size(value: str) -> int:
+    n = _positive_int(value)
+    if n < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be >= {MIN_IMAGE_SIZE}, got {value}: the encoder (ResNet-18) downsamples "
+            "32-fold, so a smaller image is a single pixel after its first layers"
+        )
+    return n
+
+
+def _batch_size(value: str) -> int:
+    n = _positive_int(value)
+    if n < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be >= 2, got {value}: batch normalisation needs two images per batch"
+        )
+    return n
+
+
+def _n_jobs(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n == 0:
+        raise argparse.ArgumentTypeError("must not be 0 (1: no parallelism; -1: every core)")
+    return n
 
 
 def _delta(value: str) -> float:
@@ -71,9 +204,43 @@ def _calibration_size(value: str) -> int | float:
 
 def _existing_file(value: str) -> Path:
     path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a directory, not a file")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"file {value!r} does not exist")
     return path
+
+
+def _existing_dir(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{value!r} {what}")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (a link, a hard link, ``./x`` and ``x`` included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def _check_outputs_are_not_inputs(args) -> None:
+    """Refuse an output path that is one of the command's inputs, before any compute."""
+    pairs = {
+        "fit": [("--model", "manifest", "the manifest"), ("--model", "registry", "--registry")],
+        "predict": [("--out", "manifest", "the manifest"), ("--out", "model", "--model")],
+    }.get(args.command, [])
+    for out_flag, input_dest, input_name in pairs:
+        out = getattr(args, out_flag.lstrip("-"))
+        source = getattr(args, input_dest)
+        if source is not None and _same_file(out, source):
+            raise CommandError(
+                f"{out_flag} {str(out)!r} is {input_name}: writing it would destroy an input; "
+                "choose another path"
+            )
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -81,6 +248,8 @@ def _cohort(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from skddh.datasets import make_hip_cohort, plot_cohort_examples, summarize_cohort
 
     start = time.perf_counter()
@@ -88,9 +257,12 @@ def _cohort(args) -> int:
     table = summarize_cohort(cohort)
     print("Synthetic paired hip cohort (SYNTHETIC; not for clinical use)")
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
-    table.to_csv(args.out / "cohort_summary.csv")
+    atomic_to_csv(table, args.out / "cohort_summary.csv")
     fig = plot_cohort_examples(cohort, n=4)
-    fig.savefig(args.out / "cohort_examples.png", dpi=110)
+    try:
+        atomic_savefig(fig, args.out / "cohort_examples.png", dpi=110)
+    finally:
+        plt.close(fig)
     print(
         f"wrote {args.out / 'cohort_summary.csv'} and {args.out / 'cohort_examples.png'} "
         f"in {time.perf_counter() - start:.1f} s"
@@ -98,40 +270,54 @@ def _cohort(args) -> int:
     return 0
 
 
+INCOMPLETE = "INCOMPLETE"
+
+
+def _incomplete_note(args) -> str:
+    """The text of ``--out/INCOMPLETE``: which run, when, and what the folder's files are."""
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"""This folder does not hold a finished run of the command below.
+
+skddh reproduce writes this file before it starts and removes it only once report.md,
+the CSV tables and decision_curve.png are all written. If you can read it, the run was
+interrupted or failed (or is still running): report.md and the other files here, if any,
+are from an EARLIER run, or a mix of an earlier run and this one. Do not use them; rerun.
+
+command: {shlex.join(["skddh", *args.argv])}
+started: {started}
+"""
+
+
 def _reproduce(args) -> int:
     from skddh.studies import run_study, write_report
 
     start = time.perf_counter()
-    try:
-        result = run_study(args.scale, device=args.device, seed=args.seed, verbose=1)
-    except ValueError as exc:  # e.g. --device cuda on a machine without CUDA
-        print(f"skddh reproduce: error: {exc}", file=sys.stderr)
-        return 2
+    marker = args.out / INCOMPLETE
+    atomic_write_text(marker, _incomplete_note(args))  # a rerun replaces an old marker
+    result = run_study(args.scale, device=args.device, seed=args.seed, verbose=1)
     path = write_report(result, args.out)
+    marker.unlink(missing_ok=True)  # the very end: every file above is complete
     print(path.read_text())
     print(f"wrote {path} and its tables and figure in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-def _fit_error(message: str) -> int:
-    print(f"skddh fit: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _manifest_split(data, labelled, args):
     """Training and calibration rows and the held-out subjects, or an error message.
 
     With a ``split`` column: its ``train`` rows train the head, its ``calibration`` rows
-    calibrate, its ``test`` rows are never used (blank: pretraining only). Without one: a
-    subject-level split of the labelled rows by ``--calibration-size``.
+    calibrate, its ``test`` rows are never used (blank: pretraining only). Without one (or
+    with one left blank): a subject-level split of the labelled rows by ``--calibration-size``.
     """
     import numpy as np
     import pandas as pd
     from sklearn.model_selection import GroupShuffleSplit
 
     subject = np.asarray(data.subject)
-    if "split" in data:
+    split = None
+    if "split" in data:  # the loader may give a blank split column to a table without one
         split = pd.Series(data.split, dtype=object).fillna("").astype(str).str.strip().str.lower()
+    if split is not None and (split != "").any():
         unknown = sorted(set(split) - {"train", "calibration", "test", ""})
         if unknown:
             return f"the manifest's split column holds {unknown}; use train, calibration or test"
@@ -186,22 +372,34 @@ def _pretraining_images(data, held_out, args):
     return reg.images[keep], f"registry {args.registry}"
 
 
-def _radii_line(model, deltas) -> str:
-    """The calibrated radii at the user's deltas, and what an infinite one means."""
-    import math
+def _check_deltas(args, n_units: int) -> None:
+    """Refuse a delta the calibration set cannot support (an infinite radius: every hip
+    referred), before any compute. Finite exactly when ``delta >= 1/(n+1)``."""
+    from skddh.conformal import one_sided_quantile
 
-    unit = "images" if model.calibration_unit == "image" else "subjects"
-    parts = []
-    for target in ("alpha", "coverage"):
-        q, d = float(model.quantile_[target]), deltas[target]
-        if math.isfinite(q):
-            parts.append(f"{target} {q:.2f} (delta {d:g})")
-        else:
-            need = math.ceil(1 / d - 1 - 1e-9)
-            parts.append(
-                f"{target} inf (delta {d:g} needs at least {need} calibration "
-                f"{unit}: every hip is referred)"
-            )
+    unit = "image" if args.calibration_unit == "image" else "subject"
+    units = unit if n_units == 1 else f"{unit}s"
+    for flag, delta in (
+        ("--delta-alpha", args.delta_alpha),
+        ("--delta-coverage", args.delta_coverage),
+    ):
+        if math.isfinite(one_sided_quantile([0.0] * n_units, delta)):
+            continue
+        # Shown rounded up, so that the value printed is itself supported.
+        smallest = math.ceil(10**4 / (n_units + 1)) / 10**4
+        need = math.ceil(1 / Fraction(delta).limit_denominator(10**9) - 1)
+        raise CommandError(
+            f"{flag} {delta:g} is too small for {n_units} calibration {units}: the bound "
+            f"would be -inf and every hip referred. The smallest supported delta is 1/(n+1) "
+            f"= {smallest:g}; delta {delta:g} needs at least {need} calibration {unit}s"
+        )
+
+
+def _radii_line(model, deltas) -> str:
+    """The calibrated radii at the user's deltas (finite: :func:`_check_deltas`)."""
+    parts = [
+        f"{t} {float(model.quantile_[t]):.2f} (delta {deltas[t]:g})" for t in ("alpha", "coverage")
+    ]
     return "radii q+ at your deltas: " + ", ".join(parts)
 
 
@@ -221,20 +419,22 @@ def _fit(args) -> int:
 
     data = load_image_table(args.manifest, args.image_root, image_size=args.image_size).us
     if len(data.images) == 0:
-        return _fit_error("the manifest holds no ultrasound (US) rows")
+        raise CommandError("the manifest holds no ultrasound (US) rows")
     labelled = data.targets.notna().all(axis=1).to_numpy()
     parts = _manifest_split(data, labelled, args)
     if isinstance(parts, str):
-        return _fit_error(parts)
+        raise CommandError(parts)
     train, cal, held_out = parts
     subject = np.asarray(data.subject)
     if train.sum() < 2:
-        return _fit_error(f"{int(train.sum())} labelled training images; need at least 2")
+        raise CommandError(f"{int(train.sum())} labelled training images; need at least 2")
     if cal.sum() == 0:
-        return _fit_error("no labelled calibration images")
+        raise CommandError("no labelled calibration images")
+    n_cal_subjects = len(np.unique(subject[cal]))
+    _check_deltas(args, int(cal.sum()) if args.calibration_unit == "image" else n_cal_subjects)
     pool, source = _pretraining_images(data, held_out, args)
     if len(pool) == 0:
-        return _fit_error(f"no images to pretrain on ({source})")
+        raise CommandError(f"no images to pretrain on ({source})")
     print(f"[skddh] pretraining SimSiam on {len(pool)} ultrasound images ({source}) ...")
     encoder = SimSiamFeaturizer(
         image_size=args.image_size,
@@ -264,22 +464,13 @@ def _fit(args) -> int:
         rule=args.rule,
         delta={"alpha": args.delta_alpha, "coverage": args.delta_coverage},
     )
-    n_cal_subjects = len(np.unique(subject[cal]))
     print(
         f"[skddh] calibrating on {int(cal.sum())} images of {n_cal_subjects} subjects "
         f"({args.calibration_unit}) ..."
     )
-    try:
-        with warnings.catch_warnings():  # an infinite radius is reported below, plainly
-            warnings.filterwarnings("ignore", message="delta is too small", category=UserWarning)
-            policy.fit(
-                data.images[cal],
-                data.targets[cal].reset_index(drop=True),
-                groups=subject[cal],
-            )
-    except ValueError as exc:
-        return _fit_error(str(exc))
-    joblib.dump({"policy": policy, "image_size": args.image_size}, args.model)
+    policy.fit(data.images[cal], data.targets[cal].reset_index(drop=True), groups=subject[cal])
+    with atomic_write(args.model, "wb") as f:  # a failed write leaves an old model intact
+        joblib.dump({"policy": policy, "image_size": args.image_size}, f)
     fitted = policy.estimator_
     print(
         f"wrote {args.model}: rule={args.rule}, delta alpha={args.delta_alpha}, "
@@ -313,19 +504,28 @@ def _torch_parts(obj, seen=None):
     return [part for child in children for part in _torch_parts(child, seen)]
 
 
-def _predict(args) -> int:
+def _load_model(path: Path) -> dict:
+    """What ``skddh fit`` saved, or a one-line error for any other file."""
     import joblib
+
+    try:
+        saved = joblib.load(path)
+    except Exception as exc:  # unpickling a foreign file can raise anything
+        raise CommandError(
+            f"--model {str(path)!r} is not a model written by skddh fit "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(saved, dict) or not {"policy", "image_size"} <= set(saved):
+        raise CommandError(f"--model {str(path)!r} is not a model written by skddh fit")
+    return saved
+
+
+def _predict(args) -> int:
     import pandas as pd
-    import torch
 
     from skddh import load_image_table
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(
-            "skddh predict: error: --device cuda, but CUDA is not available here", file=sys.stderr
-        )
-        return 2
-    saved = joblib.load(args.model)
+    saved = _load_model(args.model)
     policy = saved["policy"]
     # Torch parts load on the CPU (their pickles hold CPU weights) and run where their
     # ``device`` says: a model fitted with --device cuda would ask for CUDA here. Point them
@@ -334,8 +534,7 @@ def _predict(args) -> int:
         part.set_params(device=args.device)
     data = load_image_table(args.manifest, args.image_root, image_size=saved["image_size"]).us
     if len(data.images) == 0:
-        print("skddh predict: error: the manifest holds no ultrasound (US) rows", file=sys.stderr)
-        return 2
+        raise CommandError("the manifest holds no ultrasound (US) rows")
     lower = policy.predict_lower(data.images).add_prefix("lower_")
     decision = policy.predict(data.images)
     table = pd.concat(
@@ -355,7 +554,7 @@ def _predict(args) -> int:
         ],
         axis=1,
     )
-    table.to_csv(args.out, index=False)
+    atomic_to_csv(table, args.out, index=False)
     print(
         f"wrote {args.out}: {len(table)} images, {int(decision.sum())} pass on ultrasound, "
         f"{int((decision == 0).sum())} referred to X-ray"
@@ -370,16 +569,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="skddh",
         description="Ultrasound-first, radiation-preserving selective imaging for DDH.",
     )
+    debug_help = "show the full traceback of an error instead of its one-line message"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # Also accepted after the command; SUPPRESS: absent there, it leaves the global value be.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    device_help = "auto (CUDA when available), cpu, cuda or cuda:N"
+    seed_help = f"random seed, 0 to {MAX_SEED}"
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser(
         "reproduce",
+        parents=[common],
         help="run the paper's whole study on the synthetic cohort and write a report",
         description=(
             "Make the study cohort, pretrain a SimSiam encoder per modality, train the "
             "ultrasound and X-ray heads, calibrate one-sided conformal lower bounds, and "
             "evaluate the selective imaging policy on the matched test pairs. Writes "
-            "report.md, CSV tables and decision_curve.png to --out."
+            "report.md, CSV tables and decision_curve.png to --out. --out/INCOMPLETE is "
+            "written first and removed at the end: while it is there, the files in --out are "
+            "not (all) from this run."
         ),
     )
     rep.add_argument(
@@ -388,13 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="small",
         help="small: minutes on 2 CPU cores; paper: the paper's sizes, for a GPU",
     )
-    rep.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    rep.add_argument("--out", type=_writable_dir, default=Path("skddh_out"))
-    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--device", type=_device, default="auto", help=device_help)
+    rep.add_argument("--out", type=_writable_dir, default="skddh_out", help="output directory")
+    rep.add_argument("--seed", type=_seed, default=0, help=seed_help)
     rep.set_defaults(func=_reproduce)
 
     fit = sub.add_parser(
         "fit",
+        parents=[common],
         help="fit a selective imaging policy on your own registry (load_image_table manifest)",
         description=(
             "Pretrain SimSiam on ultrasound images that are neither calibration nor test "
@@ -406,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     fit.add_argument("manifest", type=_existing_file, help="CSV manifest (see load_image_table)")
-    fit.add_argument("--image-root", default=None, help="directory image_path is relative to")
+    fit.add_argument(
+        "--image-root", type=_existing_dir, default=None, help="directory image_path is relative to"
+    )
     fit.add_argument(
         "--registry",
         type=_existing_file,
@@ -414,18 +626,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="an unlabelled manifest whose US rows SimSiam pretrains on instead (image paths "
         "relative to its directory); rows of calibration or test subjects are left out",
     )
-    fit.add_argument("--model", type=Path, default=Path("skddh_policy.joblib"))
-    fit.add_argument("--image-size", type=_positive_int, default=128)
+    fit.add_argument(
+        "--model", type=_output_file, default="skddh_policy.joblib", help="model file to write"
+    )
+    fit.add_argument(
+        "--image-size", type=_image_size, default=128, help=f"pixels, >= {MIN_IMAGE_SIZE}"
+    )
     fit.add_argument("--epochs", type=_positive_int, default=10)
-    fit.add_argument("--batch-size", type=_positive_int, default=256)
+    fit.add_argument("--batch-size", type=_batch_size, default=256)
     fit.add_argument("--rule", choices=["alpha", "or", "and"], default="alpha")
     fit.add_argument(
         "--delta-alpha",
         type=_delta,
         default=0.10,
-        help="miscoverage of alpha's bound (also beta's, which no rule reads)",
+        help="miscoverage of alpha's bound (also beta's, which no rule reads), in (0, 1) and "
+        "at least 1/(n+1) for n calibration subjects",
     )
-    fit.add_argument("--delta-coverage", type=_delta, default=0.10)
+    fit.add_argument(
+        "--delta-coverage",
+        type=_delta,
+        default=0.10,
+        help="miscoverage of coverage's bound, as --delta-alpha",
+    )
     fit.add_argument(
         "--calibration-size",
         type=_calibration_size,
@@ -440,41 +662,79 @@ def build_parser() -> argparse.ArgumentParser:
         help="one score per subject (subject-max, subject-subsample) or, assuming independent "
         "images, per image",
     )
-    fit.add_argument("--device", default="auto")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--device", type=_device, default="auto", help=device_help)
+    fit.add_argument("--seed", type=_seed, default=0, help=seed_help)
     fit.set_defaults(func=_fit)
 
     pred = sub.add_parser(
         "predict",
+        parents=[common],
         help="apply a saved policy to a manifest's ultrasound images",
         description="Write lower bounds and the decision per ultrasound image to a CSV.",
     )
     pred.add_argument("manifest", type=_existing_file)
-    pred.add_argument("--model", type=_existing_file, default=Path("skddh_policy.joblib"))
-    pred.add_argument("--image-root", default=None)
-    pred.add_argument("--out", type=Path, default=Path("skddh_predictions.csv"))
+    pred.add_argument("--model", type=_existing_file, default="skddh_policy.joblib")
+    pred.add_argument("--image-root", type=_existing_dir, default=None)
+    pred.add_argument(
+        "--out",
+        type=_output_file,
+        default="skddh_predictions.csv",
+        help="CSV to write (not the manifest or the model)",
+    )
     pred.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda"],
+        type=_device,
         default="auto",
-        help="where to run the model, whatever device it was fitted on",
+        help=f"where to run the model, whatever device it was fitted on: {device_help}",
     )
     pred.set_defaults(func=_predict)
 
     coh = sub.add_parser(
-        "cohort", help="make the synthetic study cohort, print its summary and write a figure"
+        "cohort",
+        parents=[common],
+        help="make the synthetic study cohort, print its summary and write a figure",
     )
-    coh.add_argument("--out", type=_writable_dir, default=Path("skddh_out"))
-    coh.add_argument("--seed", type=int, default=0)
-    coh.add_argument("--n-jobs", type=int, default=None, help="parallel workers (joblib)")
+    coh.add_argument("--out", type=_writable_dir, default="skddh_out", help="output directory")
+    coh.add_argument("--seed", type=_seed, default=0, help=seed_help)
+    coh.add_argument(
+        "--n-jobs", type=_n_jobs, default=None, help="parallel workers (joblib; -1: every core)"
+    )
     coh.set_defaults(func=_cohort)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``skddh`` console script and ``python -m skddh``."""
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Entry point of the ``skddh`` console script and ``python -m skddh``.
+
+    Returns the exit status: 0, 2 for an error (one line on stderr; argparse's usage errors
+    exit 2 themselves), 130 after Ctrl-C. ``--debug`` re-raises instead.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)  # --device cuda imports torch: it takes a while
+    except KeyboardInterrupt:
+        print("skddh: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    args.argv = argv
+    name = f"skddh {args.command}"
+    try:
+        _check_outputs_are_not_inputs(args)
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,10 @@
-"""Tests of skddh.cli: help on every command, bad arguments, fit -> predict on a registry."""
+"""Tests of skddh.cli: help on every command, bad arguments, fit -> predict on a registry;
+errors as one line, Ctrl-C, atomic outputs and the INCOMPLETE marker of reproduce."""
 
+import errno
+import os
 import re
+import tempfile
 import warnings
 
 import joblib
@@ -36,13 +40,86 @@ def test_help_on_every_command(command, capsys):
         (["fit", "README.md", "--calibration-size", "1.5"], r"share of subjects .* \(0, 1\)"),
         (["fit", "README.md", "--calibration-size", "0"], "must be >= 1"),
         (["frobnicate"], "invalid choice"),
+        (["fit", "README.md", "--device", "gpu"], "invalid choice: 'gpu'"),
+        (["reproduce", "--device", "cuda:x"], "invalid choice: 'cuda:x'"),
+        (["fit", "README.md", "--image-size", "4"], "must be >= 16, got 4: the encoder"),
+        (["fit", "README.md", "--seed", "-5"], r"seed must lie in \[0, "),
+        (["reproduce", "--seed", "-5"], r"seed must lie in \[0, "),
+        (["cohort", "--seed", "2147483648"], r"seed must lie in \[0, "),
+        (["cohort", "--n-jobs", "0"], "must not be 0"),
+        (["fit", "README.md", "--batch-size", "1"], "must be >= 2"),
+        (["fit", "README.md", "--delta-coverage", "0"], r"must lie in \(0, 1\)"),
+        (["fit", "README.md", "--image-root", "no_such_dir"], "does not exist"),
+        (["fit", "README.md", "--model", "no_such_dir/m.joblib"], "'no_such_dir' .* not exist"),
+        (["fit", "README.md", "--model", "README.md/m.joblib"], "is not a directory"),
+        (["fit", "README.md", "--model", "skddh"], "is a directory"),
+        (["predict", "README.md", "--model", "README.md", "--out", "nodir/p.csv"], "not exist"),
+        (["reproduce", "--out", "README.md/out"], "cannot create output directory"),
+        (["cohort", "--out", "README.md"], "cannot create output directory"),
     ],
 )
 def test_bad_arguments_exit_nonzero_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(message, err.splitlines()[-1]) and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("skddh")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["reproduce"], ["fit", "README.md"], ["predict", "README.md"]])
+def test_cuda_is_refused_where_it_is_not_available(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command, "--device", "cuda:0"])
+    assert exc.value.code == 2
+    assert "CUDA is not available here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fit", "README.md", "--model", "{d}/m.joblib"],
+        ["predict", "README.md", "--model", "README.md", "--out", "{d}/p.csv"],
+        ["reproduce", "--out", "{d}"],
+        ["cohort", "--out", "{d}/sub"],
+    ],
+)
+@pytest.mark.parametrize("how", ["permissions", "read-only mount"])
+def test_a_read_only_output_directory_is_refused_before_any_work(
+    argv, how, tmp_path, monkeypatch, capsys
+):
+    # Tests run as root, where chmod does not stop writes: make os.access say no, or (a
+    # read-only mount, which os.access may not see) make creating a file fail.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    access, temporary_file = os.access, tempfile.TemporaryFile
+
+    def no_access(path, mode, **kwargs):
+        return False if str(path).startswith(str(ro)) else access(path, mode, **kwargs)
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(ro)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return temporary_file(*args, dir=dir, **kwargs)
+
+    if how == "permissions":
+        monkeypatch.setattr(os, "access", no_access)
+    else:
+        monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(SystemExit) as exc:
+        cli.main([a.format(d=ro) for a in argv])
+    assert exc.value.code == 2
+    assert "not writable" in capsys.readouterr().err.splitlines()[-1]
+
+
+def _one_error_line(capsys, command):
+    """The command's stderr: exactly one line, ``skddh <command>: error: ...``."""
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"skddh {command}: error: "), err
+    return lines[0]
 
 
 def test_reproduce_writes_the_report(tmp_path, monkeypatch, capsys):
@@ -52,6 +129,8 @@ def test_reproduce_writes_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(study.SCALES, "small", tiny)
     assert cli.main(["reproduce", "--device", "cpu", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").exists() and (tmp_path / "decision_curve.png").exists()
+    assert not (tmp_path / "INCOMPLETE").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
     assert "Selective imaging policy" in capsys.readouterr().out
 
 
@@ -59,8 +138,9 @@ def test_fit_then_predict_on_an_image_folder(small_cohort, tmp_path, capsys):
     manifest = save_image_table(small_cohort, tmp_path / "registry")
     model = tmp_path / "policy.joblib"
     argv = ["fit", str(manifest), "--model", str(model), "--image-size", "32", "--epochs", "1"]
-    argv += ["--batch-size", "16", "--device", "cpu", "--rule", "or", "--delta-alpha", "0.3"]
-    assert cli.main(argv) == 0
+    # One calibration subject (the cohort's default split): 1/(1+1) is the smallest delta.
+    argv += ["--batch-size", "16", "--device", "cpu", "--rule", "or", "--delta-alpha", "0.5"]
+    assert cli.main([*argv, "--delta-coverage", "0.5"]) == 0
     out = tmp_path / "pred.csv"
     assert cli.main(["predict", str(manifest), "--model", str(model), "--out", str(out)]) == 0
     table = pd.read_csv(out)
@@ -87,6 +167,8 @@ def split_cohort():
 
 
 FAST = ["--image-size", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+# Supported by 4 calibration subjects (1/(4+1) = 0.2); the default 0.10 needs 9.
+DELTAS = ["--delta-alpha", "0.35", "--delta-coverage", "0.35"]
 
 
 @pytest.fixture
@@ -135,13 +217,38 @@ def test_fit_honours_the_split_column_and_prints_radii_at_the_users_deltas(
     np.testing.assert_allclose(float(match[1]), fitted.quantile_["alpha"], atol=0.01)
 
 
-def test_fit_says_which_delta_is_too_small(split_cohort, tmp_path, capsys):
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if pretraining starts: the error must come before any compute."""
+
+    def fit(*args, **kwargs):
+        raise AssertionError("pretraining started")
+
+    monkeypatch.setattr(SimSiamFeaturizer, "fit", fit)
+
+
+def test_fit_refuses_a_delta_too_small_before_pretraining(
+    split_cohort, tmp_path, capsys, no_compute
+):
     manifest = save_image_table(split_cohort, tmp_path / "registry")
-    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.joblib"), *FAST]
-    assert cli.main([*argv, "--delta-alpha", "0.35", "--delta-coverage", "0.05"]) == 0
-    out = capsys.readouterr().out
-    assert "coverage inf (delta 0.05 needs at least 19 calibration subjects" in out
-    assert "alpha inf" not in out
+    model = tmp_path / "p.joblib"
+    argv = ["fit", str(manifest), "--model", str(model), *FAST]
+    # 6 calibration subjects: 1/7 is the smallest delta (the old CLI fitted a policy with an
+    # infinite radius, which referred every hip at predict).
+    assert cli.main([*argv, "--delta-alpha", "0.35", "--delta-coverage", "0.05"]) == 2
+    err = _one_error_line(capsys, "fit")
+    assert "--delta-coverage 0.05 is too small for 6 calibration subjects" in err
+    assert "smallest supported delta is 1/(n+1) = 0.1429" in err
+    assert "needs at least 19 calibration subjects" in err
+    assert cli.main([*argv, "--delta-alpha", "0.01", "--delta-coverage", "0.5"]) == 2
+    assert "--delta-alpha 0.01 is too small" in _one_error_line(capsys, "fit")
+    # Per image, n counts the calibration images.
+    us = load_image_table(manifest, image_size=32).us
+    n_images = int((np.asarray(us.split) == "calibration").sum())
+    per_image = [*argv, "--calibration-unit", "image", "--delta-coverage", "0.5"]
+    assert cli.main([*per_image, "--delta-alpha", "0.01"]) == 2
+    assert f"too small for {n_images} calibration images" in _one_error_line(capsys, "fit")
+    assert not model.exists()
 
 
 def test_fit_without_a_split_column_splits_by_subject(split_cohort, tmp_path, capsys, seen):
@@ -149,7 +256,7 @@ def test_fit_without_a_split_column_splits_by_subject(split_cohort, tmp_path, ca
     table = pd.read_csv(manifest).drop(columns="split")
     table.to_csv(manifest, index=False)
     model = tmp_path / "policy.joblib"
-    argv = ["fit", str(manifest), "--model", str(model), *FAST, "--calibration-size", "4"]
+    argv = ["fit", str(manifest), "--model", str(model), *FAST, *DELTAS, "--calibration-size", "4"]
     assert cli.main([*argv, "--calibration-unit", "subject-subsample"]) == 0
     fitted = joblib.load(model)["policy"].estimator_
     assert fitted.calibration_unit == "subject-subsample"
@@ -175,7 +282,7 @@ def test_fit_pretrains_on_a_registry_without_held_out_subjects(
         rows.append({"image_path": f"r{i}.png", "subject_id": subject, "side": "L"})
     registry = tmp_path / "reg" / "registry.csv"
     pd.DataFrame(rows).assign(modality="US").to_csv(registry, index=False)
-    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.joblib"), *FAST]
+    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.joblib"), *FAST, *DELTAS]
     assert cli.main([*argv, "--registry", str(registry)]) == 0
     np.testing.assert_array_equal(seen["pretrain"], images[1:])
     assert "1 registry images of calibration or test subjects left out" in capsys.readouterr().out
@@ -245,5 +352,239 @@ def test_a_model_fitted_on_a_gpu_predicts_on_the_cpu(fitted_on_gpu, tmp_path, ca
         )
         assert len(pd.read_csv(out)) == len(images)
     argv = ["predict", str(manifest), "--model", str(model), "--device", "cuda"]
-    assert cli.main([*argv, "--out", str(tmp_path / "x.csv")]) == 2
-    assert "CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused while parsing, before loading anything
+        cli.main([*argv, "--out", str(tmp_path / "x.csv")])
+    assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+# ---- outputs that are inputs -----------------------------------------------------------------
+def test_predict_refuses_to_overwrite_its_manifest_or_model(tmp_path, monkeypatch, capsys):
+    manifest, model = tmp_path / "m.csv", tmp_path / "model.joblib"
+    manifest.write_text("image_path,subject_id,side,modality\n")
+    model.write_bytes(b"a model")
+    (tmp_path / "link.csv").symlink_to(manifest)
+    monkeypatch.chdir(tmp_path)
+    argv = ["predict", str(manifest), "--model", str(model)]
+    for out, what in [
+        (str(manifest), "is the manifest"),
+        ("./m.csv", "is the manifest"),  # the same file, another spelling
+        ("link.csv", "is the manifest"),  # a link to it
+        ("../" + tmp_path.name + "/model.joblib", "is --model"),
+    ]:
+        assert cli.main([*argv, "--out", out]) == 2
+        assert what in _one_error_line(capsys, "predict")
+    assert manifest.read_text() == "image_path,subject_id,side,modality\n"
+    assert model.read_bytes() == b"a model"
+
+
+def test_fit_refuses_to_overwrite_its_manifest_or_registry(tmp_path, capsys, no_compute):
+    manifest, registry = tmp_path / "m.csv", tmp_path / "r.csv"
+    for path in (manifest, registry):
+        path.write_text("image_path,subject_id,side,modality\n")
+    argv = ["fit", str(manifest), "--registry", str(registry)]
+    assert cli.main([*argv, "--model", str(manifest)]) == 2
+    assert "is the manifest" in _one_error_line(capsys, "fit")
+    assert cli.main([*argv, "--model", str(registry)]) == 2
+    assert "is --registry" in _one_error_line(capsys, "fit")
+
+
+# ---- loader errors: one line, exit status 2, before pretraining --------------------------------
+def _break_first_image(manifest, how):
+    table = pd.read_csv(manifest)
+    image = manifest.parent / table["image_path"].iloc[0]
+    if how == "truncated":
+        data = image.read_bytes()
+        image.write_bytes(data[: len(data) // 2])
+    elif how == "zero-byte":
+        image.write_bytes(b"")
+    elif how == "not an image":
+        image.write_bytes(b"this is not a PNG")
+    elif how == "missing column":
+        table.drop(columns="subject_id").to_csv(manifest, index=False)
+    elif how == "abc in alpha":
+        table["alpha"] = table["alpha"].astype(object)
+        table.loc[table["modality"] == "US", "alpha"] = "abc"
+        table.to_csv(manifest, index=False)
+    elif how == "empty CSV":
+        manifest.write_text("")
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["truncated", "zero-byte", "not an image", "missing column", "abc in alpha", "empty CSV"],
+)
+def test_a_loader_error_is_one_line_before_any_compute(
+    how, split_cohort, tmp_path, capsys, no_compute
+):
+    manifest = save_image_table(split_cohort, tmp_path / "registry")
+    _break_first_image(manifest, how)
+    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.joblib"), *FAST]
+    assert cli.main(argv) == 2
+    _one_error_line(capsys, "fit")
+    assert not (tmp_path / "p.joblib").exists()
+
+
+def test_predict_with_a_file_that_is_not_a_model(tmp_path, capsys):
+    manifest, model = tmp_path / "m.csv", tmp_path / "model.joblib"
+    manifest.write_text("image_path,subject_id,side,modality\n")
+    for content in (b"", b"not a pickle", None):
+        if content is None:
+            joblib.dump(["a list"], model)
+        else:
+            model.write_bytes(content)
+        argv = ["predict", str(manifest), "--model", str(model), "--out", str(tmp_path / "p.csv")]
+        assert cli.main(argv) == 2
+        assert "is not a model written by skddh fit" in _one_error_line(capsys, "predict")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(where, tmp_path):
+    manifest, model = tmp_path / "m.csv", tmp_path / "model.joblib"
+    manifest.write_text("image_path,subject_id,side,modality\n")
+    model.write_bytes(b"not a pickle")
+    argv = ["predict", str(manifest), "--model", str(model), "--out", str(tmp_path / "p.csv")]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    with pytest.raises(cli.CommandError, match="not a model"):
+        cli.main(argv)
+
+
+# ---- a full disk, Ctrl-C: the old file stays, byte for byte ------------------------------------
+@pytest.fixture(scope="module")
+def fitted(split_cohort, tmp_path_factory):
+    """A manifest and a policy fitted on it (deltas 0.35, supported by 6 subjects)."""
+    d = tmp_path_factory.mktemp("fitted")
+    manifest = save_image_table(split_cohort, d / "registry")
+    model = d / "policy.joblib"
+    argv = ["fit", str(manifest), "--model", str(model), *FAST, "--delta-alpha", "0.35"]
+    assert cli.main([*argv, "--delta-coverage", "0.35"]) == 0
+    return manifest, model
+
+
+def _half_then(error):
+    """A writer that writes part of its output, then fails (a full disk, a Ctrl-C)."""
+
+    def write(self_or_value, f, *args, **kwargs):
+        f.write(b"partial" if "b" in getattr(f, "mode", "b") else "partial")
+        raise error
+
+    return write
+
+
+def _disk_full():
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("error, rc", [(_disk_full(), 2), (KeyboardInterrupt(), 130)])
+def test_fit_failing_while_saving_keeps_the_old_model(
+    error, rc, fitted, tmp_path, monkeypatch, capsys
+):
+    manifest, good = fitted
+    model = tmp_path / "good.joblib"
+    model.write_bytes(good.read_bytes())
+    monkeypatch.setattr(joblib, "dump", _half_then(error))
+    argv = ["fit", str(manifest), "--model", str(model), *FAST, "--delta-alpha", "0.35"]
+    assert cli.main([*argv, "--delta-coverage", "0.35"]) == rc
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "skddh fit: interrupted"
+        if rc == 130
+        else "skddh fit: error: [Errno 28] No space left on device"
+    )
+    assert "Traceback" not in err
+    assert model.read_bytes() == good.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["good.joblib"]  # no temp file behind
+
+
+@pytest.mark.parametrize("error, rc", [(_disk_full(), 2), (KeyboardInterrupt(), 130)])
+def test_predict_failing_while_writing_keeps_the_old_csv(
+    error, rc, fitted, tmp_path, monkeypatch, capsys
+):
+    manifest, model = fitted
+    out = tmp_path / "pred.csv"
+    out.write_text("the old predictions\n")
+    monkeypatch.setattr(pd.DataFrame, "to_csv", _half_then(error))
+    assert cli.main(["predict", str(manifest), "--model", str(model), "--out", str(out)]) == rc
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert out.read_text() == "the old predictions\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"]
+
+
+def test_ctrl_c_during_fit_is_one_line_and_leaves_no_file(
+    split_cohort, tmp_path, monkeypatch, capsys
+):
+    manifest = save_image_table(split_cohort, tmp_path / "registry")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SimSiamFeaturizer, "fit", interrupted)
+    model = tmp_path / "p.joblib"
+    argv = ["fit", str(manifest), "--model", str(model), *FAST, "--delta-alpha", "0.35"]
+    assert cli.main([*argv, "--delta-coverage", "0.35"]) == 130
+    assert capsys.readouterr().err == "skddh fit: interrupted\n"
+    assert not model.exists()
+    with pytest.raises(KeyboardInterrupt):  # --debug: the traceback
+        cli.main(["--debug", *argv, "--delta-coverage", "0.35"])
+
+
+# ---- reproduce: the INCOMPLETE marker --------------------------------------------------------
+@pytest.fixture
+def old_report(tmp_path):
+    """An output folder holding an earlier run's report."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("# the earlier run's report\n")
+    return out
+
+
+def _stage_raises(monkeypatch, name, error):
+    import skddh.studies
+
+    def stage(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(skddh.studies, name, stage)
+
+
+def test_ctrl_c_during_reproduce_leaves_the_marker(old_report, monkeypatch, capsys):
+    _stage_raises(monkeypatch, "run_study", KeyboardInterrupt())
+    argv = ["reproduce", "--device", "cpu", "--out", str(old_report)]
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err == "skddh reproduce: interrupted\n"
+    marker = (old_report / "INCOMPLETE").read_text()
+    assert "from an EARLIER run" in marker
+    assert f"command: skddh reproduce --device cpu --out {old_report}" in marker
+    assert re.search(r"started: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", marker)
+    assert (old_report / "report.md").read_text() == "# the earlier run's report\n"
+    # A rerun replaces the marker (here: interrupted again, with another seed).
+    assert cli.main([*argv, "--seed", "3"]) == 130
+    marker = (old_report / "INCOMPLETE").read_text()
+    assert marker.count("command:") == 1 and "--seed 3" in marker
+    assert sorted(p.name for p in old_report.iterdir()) == ["INCOMPLETE", "report.md"]
+
+
+def test_a_failed_report_write_leaves_the_marker(old_report, monkeypatch, capsys):
+    import skddh.studies
+
+    monkeypatch.setattr(skddh.studies, "run_study", lambda *args, **kwargs: "a result")
+    _stage_raises(monkeypatch, "write_report", _disk_full())
+    assert cli.main(["reproduce", "--out", str(old_report)]) == 2
+    assert "No space left on device" in _one_error_line(capsys, "reproduce")
+    assert (old_report / "INCOMPLETE").exists()
+
+
+def test_a_finished_reproduce_removes_the_marker(old_report, monkeypatch, capsys):
+    import skddh.studies
+
+    def write_report(result, out):
+        assert (out / "INCOMPLETE").exists()  # written before the run, there until the end
+        (out / "report.md").write_text("# this run's report\n")
+        return out / "report.md"
+
+    monkeypatch.setattr(skddh.studies, "run_study", lambda *args, **kwargs: "a result")
+    monkeypatch.setattr(skddh.studies, "write_report", write_report)
+    (old_report / "INCOMPLETE").write_text("an interrupted run's marker")
+    assert cli.main(["reproduce", "--out", str(old_report)]) == 0
+    assert sorted(p.name for p in old_report.iterdir()) == ["report.md"]
+    assert "# this run's report" in capsys.readouterr().out

@@ -1,4 +1,9 @@
-"""The DDH study's report writer: ``report.md``, the CSV tables and the decision curve."""
+"""The DDH study's report writer: ``report.md``, the CSV tables and the decision curve.
+
+Every file is written atomically (:mod:`skddh._atomic`): a failed or interrupted write leaves
+the old file as it was. ``report.md`` is written last, so a ``report.md`` newer than the tables
+means they are all from one run.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skddh._atomic import atomic_savefig, atomic_to_csv, atomic_write_text
 from skddh.studies.ddh import StudyResult
 
 __all__ = ["write_report"]
@@ -103,13 +109,13 @@ def write_report(result: StudyResult, out: str | Path) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result.mae.to_csv(out / "mae.csv", index=False)
-    result.radii.to_csv(out / "radii.csv")
-    result.radii_by_delta.to_csv(out / "radii_by_delta.csv")
-    result.coverage.to_csv(out / "coverage.csv")
-    result.policy.to_csv(out / "policy.csv", index=False)
+    atomic_to_csv(result.mae, out / "mae.csv", index=False)
+    atomic_to_csv(result.radii, out / "radii.csv")
+    atomic_to_csv(result.radii_by_delta, out / "radii_by_delta.csv")
+    atomic_to_csv(result.coverage, out / "coverage.csv")
+    atomic_to_csv(result.policy, out / "policy.csv", index=False)
     if result.calibration_methods is not None:
-        result.calibration_methods.to_csv(out / "calibration_methods.csv")
+        atomic_to_csv(result.calibration_methods, out / "calibration_methods.csv")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     shown = ["and 0.10/0.10", "alpha 0.35/0.35", "or 0.35/0.35", "or 0.40/0.40"]
@@ -129,8 +135,10 @@ def write_report(result: StudyResult, out: str | Path) -> Path:
         )
     ax.set_title(f"Decision curves on the {result.n_pairs} matched test pairs (X-ray finding)")
     fig.tight_layout()
-    fig.savefig(out / "decision_curve.png", dpi=120)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, out / "decision_curve.png", dpi=120)
+    finally:
+        plt.close(fig)
 
     t = result.timings
     mae = result.mae
@@ -186,5 +194,5 @@ IHDI >= 2); `missed_us_truth`: passed with a true alpha < 60 or coverage < 50.
 {_md(pd.DataFrame({"seconds": pd.Series(t)}), ".1f")}
 """
     path = out / "report.md"
-    path.write_text(text)
+    atomic_write_text(path, text)  # last: see the module docstring
     return path
