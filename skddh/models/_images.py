@@ -2,6 +2,12 @@
 
 A registry of 50k images must not need 50k decoded images at once: file paths and lazy
 array-likes (``SyntheticImageRegistry``) are read one batch at a time.
+
+Pixel values are checked where they enter, never guessed at: uint8 is read as 0-255, uint16 as
+0-65535, and float images must already lie in [0, 1] (a float image in [0, 255] is an error
+naming the row, not a picture 255 times too bright); NaN or infinite pixels are an error naming
+the row. Files are decoded as :func:`skddh.datasets.load_image_table` decodes them (16-bit and
+float files windowed into uint8, decompression bombs refused).
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ class ImageSource:
         self.shape = (self.n, self.channels, shape[-2], shape[-1])
         self.dtype = dtype
         if isinstance(X, np.ndarray) and dtype.kind == "f":
-            self._check_finite(X, 0)
+            self._check_float(X, np.arange(self.n))
 
     @property
     def nbytes(self) -> int:
@@ -91,36 +97,56 @@ class ImageSource:
         if self.array is not None and not self.in_memory:
             self.array = np.asarray(self.array)
             if self.dtype.kind == "f":
-                self._check_finite(self.array, 0)
+                self._check_float(self.array, np.arange(self.n))
 
     @staticmethod
-    def _check_finite(arr, offset):
-        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+    def _check_float(arr, rows) -> None:
+        """Float pixels must be finite and in [0, 1]; the error names the first bad row of X."""
+        flat = arr.reshape(len(arr), -1)
+        finite = np.isfinite(flat).all(axis=1)
+        if not finite.all():
+            row = int(rows[int(np.argmin(finite))])
+            raise ValueError(f"X has NaN or infinite pixels in image {row} (row {row} of X).")
+        if flat.shape[1] == 0:
+            return
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+        bad = (lo < 0) | (hi > 1)
         if bad.any():
-            raise ValueError(f"X has NaN or infinite pixels in image {offset + int(bad.argmax())}.")
+            k = int(np.argmax(bad))
+            which, value = ("max", hi[k]) if hi[k] > 1 else ("min", lo[k])
+            fix = "divide by 255 or pass uint8" if which == "max" else "rescale or pass uint8"
+            raise ValueError(
+                f"float images must lie in [0, 1]; row {int(rows[k])} has {which} "
+                f"{np.format_float_positional(value, trim='0')}: {fix}."
+            )
 
     def read(self, index) -> np.ndarray:
         """Images ``index`` (a slice or an index array) as (b, C, H, W), in X's dtype."""
         if self.paths is not None:
-            from skddh.datasets._io import _letterbox, _read_image
+            from skddh.datasets._io import _bombs_refused, _letterbox, _read_image
 
             idx = range(self.n)[index] if isinstance(index, slice) else index
             out = np.empty((len(idx), 1, self.image_size, self.image_size), np.uint8)
 
             def load(j_i):
                 j, i = j_i
-                img, _ = _read_image(self.paths[int(i)], 0)
+                try:
+                    img, _ = _read_image(self.paths[int(i)], 0)
+                except ValueError as exc:
+                    raise ValueError(f"X[{int(i)}]: {exc}") from exc
                 out[j, 0] = _letterbox(img, self.image_size)[0]
 
             # Decoding and resizing release the GIL (Pillow, pydicom's numpy work), so a
-            # batch of files decodes in parallel threads; the order of `out` is fixed.
+            # batch of files decodes in parallel threads; the order of `out` is fixed. The
+            # warning filter is global, so it is set here, around the threads.
             workers = min(8, os.cpu_count() or 1, len(idx))
-            if workers > 1:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(load, enumerate(idx)))
-            else:
-                for pair in enumerate(idx):
-                    load(pair)
+            with _bombs_refused():
+                if workers > 1:
+                    with ThreadPoolExecutor(workers) as pool:
+                        list(pool.map(load, enumerate(idx)))
+                else:
+                    for pair in enumerate(idx):
+                        load(pair)
             return out
         if isinstance(index, slice) or self.in_memory:
             batch = np.asarray(self.array[index])
@@ -129,8 +155,8 @@ class ImageSource:
         if batch.ndim == 3:
             batch = batch[:, None]
         if self.dtype.kind == "f" and not self.in_memory:
-            start = (index.start or 0) if isinstance(index, slice) else 0
-            self._check_finite(batch, start)
+            rows = np.arange(self.n)[index] if isinstance(index, slice) else np.asarray(index)
+            self._check_float(batch, rows)
         return batch
 
     def scale(self) -> float:
