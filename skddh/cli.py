@@ -11,7 +11,11 @@ How it fails:
   usage errors too); ``skddh --debug ...`` shows the traceback instead.
 - Ctrl-C prints ``skddh <command>: interrupted`` and exits with status 130.
 - Every file is written to a temporary file beside it and renamed into place when complete
-  (:mod:`skddh._atomic`), so an interrupted or failed write leaves the old file untouched.
+  (:mod:`skddh._atomic`, :func:`skddh.model_file.save_policy`), so an interrupted or failed
+  write leaves the old file untouched.
+- ``fit`` writes a skddh model file (:mod:`skddh.model_file`: JSON and safetensors in a zip)
+  and ``predict`` reads only those: loading one runs no code from it, and a joblib or pickle
+  file, or a corrupted model file, is refused with a one-line error.
 - ``reproduce --out X`` writes ``X/INCOMPLETE`` first and removes it when the report is
   written: while it is there, the report and tables in X are from an earlier run (or a mix),
   not from the command it names.
@@ -31,7 +35,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from skddh._atomic import atomic_savefig, atomic_to_csv, atomic_write, atomic_write_text
+from skddh._atomic import atomic_savefig, atomic_to_csv, atomic_write_text
 from skddh.conformal import CALIBRATION_UNITS
 
 #: Smallest ``--image-size``: the ResNet-18 encoder downsamples 32-fold (4-fold in its stem
@@ -404,7 +408,6 @@ def _radii_line(model, deltas) -> str:
 
 
 def _fit(args) -> int:
-    import joblib
     import numpy as np
     from sklearn.frozen import FrozenEstimator
     from sklearn.pipeline import make_pipeline
@@ -416,6 +419,7 @@ def _fit(args) -> int:
         SimSiamFeaturizer,
         load_image_table,
     )
+    from skddh.model_file import save_policy
 
     data = load_image_table(args.manifest, args.image_root, image_size=args.image_size).us
     if len(data.images) == 0:
@@ -469,8 +473,18 @@ def _fit(args) -> int:
         f"({args.calibration_unit}) ..."
     )
     policy.fit(data.images[cal], data.targets[cal].reset_index(drop=True), groups=subject[cal])
-    with atomic_write(args.model, "wb") as f:  # a failed write leaves an old model intact
-        joblib.dump({"policy": policy, "image_size": args.image_size}, f)
+    # Atomic: a failed or interrupted write leaves an old model intact.
+    save_policy(
+        policy,
+        args.model,
+        extra={
+            "image_size": args.image_size,
+            "rule": args.rule,
+            "delta_alpha": args.delta_alpha,
+            "delta_coverage": args.delta_coverage,
+            "calibration_unit": args.calibration_unit,
+        },
+    )
     fitted = policy.estimator_
     print(
         f"wrote {args.model}: rule={args.rule}, delta alpha={args.delta_alpha}, "
@@ -481,62 +495,50 @@ def _fit(args) -> int:
     return 0
 
 
-def _torch_parts(obj, seen=None):
-    """The torch estimators (SimSiamFeaturizer, MeasurementRegressor) inside a fitted model."""
-    from sklearn.base import BaseEstimator
-
-    from skddh.models import MeasurementRegressor, SimSiamFeaturizer
-
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    if isinstance(obj, (SimSiamFeaturizer, MeasurementRegressor)):
-        return [obj]
-    if isinstance(obj, dict):
-        children = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        children = obj
-    elif isinstance(obj, BaseEstimator):  # a Pipeline's steps, a FrozenEstimator's estimator
-        children = vars(obj).values()
-    else:
-        return []
-    return [part for child in children for part in _torch_parts(child, seen)]
-
-
-def _load_model(path: Path) -> dict:
-    """What ``skddh fit`` saved, or a one-line error for any other file."""
-    import joblib
+def _load_model(path: Path, device: str):
+    """The policy ``skddh fit`` saved and its image size, or a one-line error for any other
+    file. Loading a model file runs no code from it (:func:`skddh.model_file.load_policy`);
+    its torch parts are moved to ``device``, whatever device they were fitted on."""
+    from skddh.model_file import load_policy
 
     try:
-        saved = joblib.load(path)
-    except Exception as exc:  # unpickling a foreign file can raise anything
+        policy, metadata = load_policy(path, device=device, return_metadata=True)
+    except (ValueError, TypeError) as exc:
+        message = _one_line(exc)
+        prefix = f"{path}: "  # load_policy names the file; --model names it already
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+        raise CommandError(f"--model {str(path)!r}: {message}") from exc
+    extra = metadata.get("extra")
+    size = extra.get("image_size") if isinstance(extra, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_IMAGE_SIZE:
         raise CommandError(
-            f"--model {str(path)!r} is not a model written by skddh fit "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-    if not isinstance(saved, dict) or not {"policy", "image_size"} <= set(saved):
-        raise CommandError(f"--model {str(path)!r} is not a model written by skddh fit")
-    return saved
+            f"--model {str(path)!r}: its metadata gives no image size (extra.image_size, an "
+            f"integer >= {MIN_IMAGE_SIZE}, got {size!r}); save_policy(policy, path, "
+            'extra={"image_size": N}) records the size the images were resized to'
+        )
+    return policy, size
 
 
 def _predict(args) -> int:
+    import numpy as np
     import pandas as pd
 
     from skddh import load_image_table
+    from skddh.policy import rule_margin
+    from skddh.policy._policy import untrustworthy_rows
 
-    saved = _load_model(args.model)
-    policy = saved["policy"]
-    # Torch parts load on the CPU (their pickles hold CPU weights) and run where their
-    # ``device`` says: a model fitted with --device cuda would ask for CUDA here. Point them
-    # at this machine's device instead; what they learnt does not change.
-    for part in _torch_parts(policy):
-        part.set_params(device=args.device)
-    data = load_image_table(args.manifest, args.image_root, image_size=saved["image_size"]).us
+    policy, image_size = _load_model(args.model, args.device)
+    data = load_image_table(args.manifest, args.image_root, image_size=image_size).us
     if len(data.images) == 0:
         raise CommandError("the manifest holds no ultrasound (US) rows")
-    lower = policy.predict_lower(data.images).add_prefix("lower_")
-    decision = policy.predict(data.images)
+    # The encoder runs once: the decision is policy.predict's, from these bounds
+    # (SelectiveImagingPolicy.decision_function: the rule's margin, -inf for a flagged row).
+    bounds = policy.predict_lower(data.images)
+    margin = rule_margin(bounds, policy.thresholds_, policy.rule)
+    margin = np.where(untrustworthy_rows(data.images), -np.inf, margin)
+    decision = (margin >= 0).astype(int)
+    lower = bounds.add_prefix("lower_")
     table = pd.concat(
         [
             pd.DataFrame(
@@ -609,10 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Pretrain SimSiam on ultrasound images that are neither calibration nor test "
             "(or on --registry), train the measurement head on the training rows, calibrate "
-            "lower bounds on the calibration rows, and save the policy with joblib. A "
-            "'split' column (train / calibration / test) is honoured; without one the "
-            "labelled rows are split by subject (--calibration-size). Test rows are never "
-            "used."
+            "lower bounds on the calibration rows, and save the policy to a skddh model file "
+            "(JSON and safetensors in a zip: loading it runs no code). A 'split' column "
+            "(train / calibration / test) is honoured; without one the labelled rows are "
+            "split by subject (--calibration-size). Test rows are never used."
         ),
     )
     fit.add_argument("manifest", type=_existing_file, help="CSV manifest (see load_image_table)")
@@ -627,7 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
         "relative to its directory); rows of calibration or test subjects are left out",
     )
     fit.add_argument(
-        "--model", type=_output_file, default="skddh_policy.joblib", help="model file to write"
+        "--model",
+        type=_output_file,
+        default="skddh_policy.skddh",
+        help="the model file to write: a skddh model file (JSON and safetensors), whose "
+        "loading runs no code",
     )
     fit.add_argument(
         "--image-size", type=_image_size, default=128, help=f"pixels, >= {MIN_IMAGE_SIZE}"
@@ -673,7 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write lower bounds and the decision per ultrasound image to a CSV.",
     )
     pred.add_argument("manifest", type=_existing_file)
-    pred.add_argument("--model", type=_existing_file, default="skddh_policy.joblib")
+    pred.add_argument(
+        "--model",
+        type=_existing_file,
+        default="skddh_policy.skddh",
+        help="a model file written by skddh fit (JSON and safetensors; loading it runs no "
+        "code; joblib and pickle files are refused)",
+    )
     pred.add_argument("--image-root", type=_existing_dir, default=None)
     pred.add_argument(
         "--out",

@@ -2,10 +2,13 @@
 errors as one line, Ctrl-C, atomic outputs and the INCOMPLETE marker of reproduce."""
 
 import errno
+import json
 import os
+import pickle
 import re
 import tempfile
 import warnings
+import zipfile
 
 import joblib
 import numpy as np
@@ -14,8 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from skddh import SelectiveImagingPolicy, SimSiamFeaturizer, cli
+from skddh import MeasurementRegressor, SelectiveImagingPolicy, SimSiamFeaturizer, cli
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
+from skddh.model_file import load_policy, save_policy
 from skddh.studies import ddh as study
 
 
@@ -34,7 +38,7 @@ def test_help_on_every_command(command, capsys):
         (["reproduce", "--out", "/proc/skddh_cannot"], "cannot create output directory"),
         (["fit", "no_such_manifest.csv"], "does not exist"),
         (["fit", "README.md", "--delta-alpha", "1.5"], r"must lie in \(0, 1\)"),
-        (["predict", "README.md", "--model", "nope.joblib"], "does not exist"),
+        (["predict", "README.md", "--model", "nope.skddh"], "does not exist"),
         (["predict", "README.md", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["fit", "README.md", "--calibration-unit", "hip"], "invalid choice: 'hip'"),
         (["fit", "README.md", "--calibration-size", "1.5"], r"share of subjects .* \(0, 1\)"),
@@ -50,8 +54,8 @@ def test_help_on_every_command(command, capsys):
         (["fit", "README.md", "--batch-size", "1"], "must be >= 2"),
         (["fit", "README.md", "--delta-coverage", "0"], r"must lie in \(0, 1\)"),
         (["fit", "README.md", "--image-root", "no_such_dir"], "does not exist"),
-        (["fit", "README.md", "--model", "no_such_dir/m.joblib"], "'no_such_dir' .* not exist"),
-        (["fit", "README.md", "--model", "README.md/m.joblib"], "is not a directory"),
+        (["fit", "README.md", "--model", "no_such_dir/m.skddh"], "'no_such_dir' .* not exist"),
+        (["fit", "README.md", "--model", "README.md/m.skddh"], "is not a directory"),
         (["fit", "README.md", "--model", "skddh"], "is a directory"),
         (["predict", "README.md", "--model", "README.md", "--out", "nodir/p.csv"], "not exist"),
         (["reproduce", "--out", "README.md/out"], "cannot create output directory"),
@@ -79,7 +83,7 @@ def test_cuda_is_refused_where_it_is_not_available(command, capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["fit", "README.md", "--model", "{d}/m.joblib"],
+        ["fit", "README.md", "--model", "{d}/m.skddh"],
         ["predict", "README.md", "--model", "README.md", "--out", "{d}/p.csv"],
         ["reproduce", "--out", "{d}"],
         ["cohort", "--out", "{d}/sub"],
@@ -136,7 +140,7 @@ def test_reproduce_writes_the_report(tmp_path, monkeypatch, capsys):
 
 def test_fit_then_predict_on_an_image_folder(small_cohort, tmp_path, capsys):
     manifest = save_image_table(small_cohort, tmp_path / "registry")
-    model = tmp_path / "policy.joblib"
+    model = tmp_path / "policy.skddh"
     argv = ["fit", str(manifest), "--model", str(model), "--image-size", "32", "--epochs", "1"]
     # One calibration subject (the cohort's default split): 1/(1+1) is the smallest delta.
     argv += ["--batch-size", "16", "--device", "cpu", "--rule", "or", "--delta-alpha", "0.5"]
@@ -194,7 +198,7 @@ def test_fit_honours_the_split_column_and_prints_radii_at_the_users_deltas(
     split_cohort, tmp_path, capsys, seen
 ):
     manifest = save_image_table(split_cohort, tmp_path / "registry")
-    model = tmp_path / "policy.joblib"
+    model = tmp_path / "policy.skddh"
     argv = ["fit", str(manifest), "--model", str(model), *FAST]
     argv += ["--delta-alpha", "0.35", "--delta-coverage", "0.35"]
     with warnings.catch_warnings():
@@ -204,7 +208,15 @@ def test_fit_honours_the_split_column_and_prints_radii_at_the_users_deltas(
     split = np.asarray(us.split)
     # Pretraining saw exactly the training rows: no calibration or test image.
     np.testing.assert_array_equal(seen["pretrain"], us.images[split == "train"])
-    fitted = joblib.load(model)["policy"].estimator_
+    policy, metadata = load_policy(model, return_metadata=True)
+    assert metadata["extra"] == {
+        "image_size": 32,
+        "rule": "alpha",
+        "delta_alpha": 0.35,
+        "delta_coverage": 0.35,
+        "calibration_unit": "subject-max",
+    }
+    fitted = policy.estimator_
     cal_subjects = np.unique(us.subject[split == "calibration"])
     np.testing.assert_array_equal(np.unique(seen["calibration_groups"]), cal_subjects)
     np.testing.assert_array_equal(fitted.calibration_groups_, cal_subjects)
@@ -231,7 +243,7 @@ def test_fit_refuses_a_delta_too_small_before_pretraining(
     split_cohort, tmp_path, capsys, no_compute
 ):
     manifest = save_image_table(split_cohort, tmp_path / "registry")
-    model = tmp_path / "p.joblib"
+    model = tmp_path / "p.skddh"
     argv = ["fit", str(manifest), "--model", str(model), *FAST]
     # 6 calibration subjects: 1/7 is the smallest delta (the old CLI fitted a policy with an
     # infinite radius, which referred every hip at predict).
@@ -255,10 +267,10 @@ def test_fit_without_a_split_column_splits_by_subject(split_cohort, tmp_path, ca
     manifest = save_image_table(split_cohort, tmp_path / "registry")
     table = pd.read_csv(manifest).drop(columns="split")
     table.to_csv(manifest, index=False)
-    model = tmp_path / "policy.joblib"
+    model = tmp_path / "policy.skddh"
     argv = ["fit", str(manifest), "--model", str(model), *FAST, *DELTAS, "--calibration-size", "4"]
     assert cli.main([*argv, "--calibration-unit", "subject-subsample"]) == 0
-    fitted = joblib.load(model)["policy"].estimator_
+    fitted = load_policy(model).estimator_
     assert fitted.calibration_unit == "subject-subsample"
     assert fitted.n_calibration_ == 4  # an integer --calibration-size counts subjects
     assert "4 calibration subjects" in capsys.readouterr().out
@@ -282,7 +294,7 @@ def test_fit_pretrains_on_a_registry_without_held_out_subjects(
         rows.append({"image_path": f"r{i}.png", "subject_id": subject, "side": "L"})
     registry = tmp_path / "reg" / "registry.csv"
     pd.DataFrame(rows).assign(modality="US").to_csv(registry, index=False)
-    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.joblib"), *FAST, *DELTAS]
+    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.skddh"), *FAST, *DELTAS]
     assert cli.main([*argv, "--registry", str(registry)]) == 0
     np.testing.assert_array_equal(seen["pretrain"], images[1:])
     assert "1 registry images of calibration or test subjects left out" in capsys.readouterr().out
@@ -319,22 +331,36 @@ def test_calibration_size_is_a_count_or_a_share(value, expected, capsys):
 
 
 # ---- predict on another device -------------------------------------------------------------------
+def _torch_parts(policy):
+    """The SimSiamFeaturizer and MeasurementRegressor inside a fitted policy."""
+    pipeline = policy.estimator_.estimator_.estimator
+    return [pipeline[0].estimator, pipeline[-1]]
+
+
+def _saved_devices(model):
+    """The ``device`` parameter of every torch part, as the model file says it."""
+    with zipfile.ZipFile(model) as zf:
+        nodes = json.loads(zf.read("metadata.json"))["model"]["estimators"]
+    names = {"SimSiamFeaturizer", "MeasurementRegressor"}
+    return {n["class"]: n["params"]["device"] for n in nodes if n["class"] in names}
+
+
 @pytest.fixture(scope="module")
 def fitted_on_gpu(split_cohort, tmp_path_factory):
-    """A policy as `skddh fit --device cuda` leaves it, without needing a GPU: fitted on the
-    CPU, then every torch part's device set to cuda (the pickles hold CPU weights either way)."""
+    """A model as `skddh fit --device cuda` leaves it, without needing a GPU: fitted on the
+    CPU, then every torch part's device set to cuda (the file holds CPU weights either way)."""
     d = tmp_path_factory.mktemp("gpu")
     manifest = save_image_table(split_cohort, d / "registry")
-    model = d / "policy.joblib"
+    model = d / "policy.skddh"
     argv = ["fit", str(manifest), "--model", str(model), *FAST, "--delta-alpha", "0.35"]
     assert cli.main([*argv, "--delta-coverage", "0.35"]) == 0
-    saved = joblib.load(model)
-    parts = cli._torch_parts(saved["policy"])
-    assert {type(p).__name__ for p in parts} == {"SimSiamFeaturizer", "MeasurementRegressor"}
+    policy, metadata = load_policy(model, return_metadata=True)
+    parts = _torch_parts(policy)
+    assert [type(p) for p in parts] == [SimSiamFeaturizer, MeasurementRegressor]
     for part in parts:
         part.set_params(device="cuda")
         part.device_ = "cuda"
-    joblib.dump(saved, model)
+    save_policy(policy, model, extra=metadata["extra"])
     return manifest, model
 
 
@@ -342,9 +368,9 @@ def fitted_on_gpu(split_cohort, tmp_path_factory):
 def test_a_model_fitted_on_a_gpu_predicts_on_the_cpu(fitted_on_gpu, tmp_path, capsys):
     manifest, model = fitted_on_gpu
     images = load_image_table(manifest, image_size=32).us.images
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        joblib.load(model)["policy"].predict(images)  # as loaded, it asks for CUDA
-    for device in (["--device", "cpu"], []):  # auto is the default
+    # The file asks for CUDA ...
+    assert _saved_devices(model) == {"SimSiamFeaturizer": "cuda", "MeasurementRegressor": "cuda"}
+    for device in (["--device", "cpu"], []):  # ... and runs here (auto is the default)
         out = tmp_path / "pred.csv"
         assert (
             cli.main(["predict", str(manifest), "--model", str(model), "--out", str(out), *device])
@@ -359,7 +385,7 @@ def test_a_model_fitted_on_a_gpu_predicts_on_the_cpu(fitted_on_gpu, tmp_path, ca
 
 # ---- outputs that are inputs -----------------------------------------------------------------
 def test_predict_refuses_to_overwrite_its_manifest_or_model(tmp_path, monkeypatch, capsys):
-    manifest, model = tmp_path / "m.csv", tmp_path / "model.joblib"
+    manifest, model = tmp_path / "m.csv", tmp_path / "model.skddh"
     manifest.write_text("image_path,subject_id,side,modality\n")
     model.write_bytes(b"a model")
     (tmp_path / "link.csv").symlink_to(manifest)
@@ -369,7 +395,7 @@ def test_predict_refuses_to_overwrite_its_manifest_or_model(tmp_path, monkeypatc
         (str(manifest), "is the manifest"),
         ("./m.csv", "is the manifest"),  # the same file, another spelling
         ("link.csv", "is the manifest"),  # a link to it
-        ("../" + tmp_path.name + "/model.joblib", "is --model"),
+        ("../" + tmp_path.name + "/model.skddh", "is --model"),
     ]:
         assert cli.main([*argv, "--out", out]) == 2
         assert what in _one_error_line(capsys, "predict")
@@ -418,33 +444,81 @@ def test_a_loader_error_is_one_line_before_any_compute(
 ):
     manifest = save_image_table(split_cohort, tmp_path / "registry")
     _break_first_image(manifest, how)
-    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.joblib"), *FAST]
+    argv = ["fit", str(manifest), "--model", str(tmp_path / "p.skddh"), *FAST]
     assert cli.main(argv) == 2
     _one_error_line(capsys, "fit")
-    assert not (tmp_path / "p.joblib").exists()
+    assert not (tmp_path / "p.skddh").exists()
 
 
-def test_predict_with_a_file_that_is_not_a_model(tmp_path, capsys):
+class _Payload:
+    """Unpickling it creates ``path``: what a malicious pickle would do (os.system, ...)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_predict_with_a_file_that_is_not_a_model_runs_no_code(tmp_path, capsys):
     manifest, model = tmp_path / "m.csv", tmp_path / "model.joblib"
     manifest.write_text("image_path,subject_id,side,modality\n")
-    for content in (b"", b"not a pickle", None):
-        if content is None:
-            joblib.dump(["a list"], model)
-        else:
-            model.write_bytes(content)
+    marker = tmp_path / "pwned"
+    payload = {"policy": _Payload(marker), "image_size": 32}
+    writers = [
+        lambda: model.write_bytes(b""),
+        lambda: model.write_bytes(b"not a pickle"),
+        lambda: joblib.dump(["a list"], model),
+        lambda: joblib.dump(payload, model),  # a model file of the old CLI, with a payload
+        lambda: model.write_bytes(pickle.dumps(payload)),
+    ]
+    for write in writers:
+        write()
         argv = ["predict", str(manifest), "--model", str(model), "--out", str(tmp_path / "p.csv")]
         assert cli.main(argv) == 2
-        assert "is not a model written by skddh fit" in _one_error_line(capsys, "predict")
+        line = _one_error_line(capsys, "predict")
+        assert line.startswith(f"skddh predict: error: --model {str(model)!r}: not a skddh model")
+        assert "joblib or pickle file runs code" in line
+        assert not marker.exists()  # nothing in the file ran
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_with_a_corrupted_model_file(fitted, tmp_path, capsys):
+    manifest, good = fitted
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        start = zf.getinfo("arrays.safetensors").header_offset
+        members = {name: zf.read(name) for name in zf.namelist()}
+    assert start < len(data) // 2  # the middle of the file is a weight
+    data[len(data) // 2] ^= 0x01
+    flipped = tmp_path / "flipped.skddh"
+    flipped.write_bytes(bytes(data))
+    # The same flip, zipped again with a valid CRC-32: the SHA-256 checksum catches it.
+    weights = bytearray(members["arrays.safetensors"])
+    weights[len(weights) // 2] ^= 0x01
+    rezipped = tmp_path / "rezipped.skddh"
+    with zipfile.ZipFile(rezipped, "w") as zf:
+        zf.writestr("metadata.json", members["metadata.json"])
+        zf.writestr("arrays.safetensors", bytes(weights))
+    for model, message in [
+        (flipped, "member 'arrays.safetensors' is corrupted (zip checksum CRC-32"),
+        (rezipped, "member 'arrays.safetensors' fails its SHA-256 checksum"),
+    ]:
+        argv = ["predict", str(manifest), "--model", str(model), "--out", str(tmp_path / "p.csv")]
+        assert cli.main(argv) == 2
+        line = _one_error_line(capsys, "predict")
+        assert line.startswith(f"skddh predict: error: --model {str(model)!r}: {message}"), line
+    assert not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback(where, tmp_path):
-    manifest, model = tmp_path / "m.csv", tmp_path / "model.joblib"
+    manifest, model = tmp_path / "m.csv", tmp_path / "model.skddh"
     manifest.write_text("image_path,subject_id,side,modality\n")
     model.write_bytes(b"not a pickle")
     argv = ["predict", str(manifest), "--model", str(model), "--out", str(tmp_path / "p.csv")]
     argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
-    with pytest.raises(cli.CommandError, match="not a model"):
+    with pytest.raises(cli.CommandError, match="not a skddh model file"):
         cli.main(argv)
 
 
@@ -454,10 +528,44 @@ def fitted(split_cohort, tmp_path_factory):
     """A manifest and a policy fitted on it (deltas 0.35, supported by 6 subjects)."""
     d = tmp_path_factory.mktemp("fitted")
     manifest = save_image_table(split_cohort, d / "registry")
-    model = d / "policy.joblib"
+    model = d / "policy.skddh"
     argv = ["fit", str(manifest), "--model", str(model), *FAST, "--delta-alpha", "0.35"]
     assert cli.main([*argv, "--delta-coverage", "0.35"]) == 0
     return manifest, model
+
+
+@pytest.mark.filterwarnings("ignore:1 image\\(s\\) are constant")
+def test_predict_decides_as_the_policy_does_in_one_pass(fitted, tmp_path, monkeypatch):
+    manifest, model = fitted
+    # A blank image among the rows: the policy refers it whatever its bounds.
+    table = pd.read_csv(manifest)
+    blank = table.index[table["modality"] == "US"][0]
+    first = Image.open(manifest.parent / table.loc[blank, "image_path"])
+    Image.new(first.mode, first.size, 0).save(tmp_path / "blank.png")
+    table.loc[blank, "image_path"] = str(tmp_path / "blank.png")
+    for i in table.index.drop(blank):
+        table.loc[i, "image_path"] = str(manifest.parent / table.loc[i, "image_path"])
+    table.to_csv(tmp_path / "m.csv", index=False)
+    calls = []
+    transform = SimSiamFeaturizer.transform
+
+    def counted(self, X):
+        calls.append(len(X))
+        return transform(self, X)
+
+    monkeypatch.setattr(SimSiamFeaturizer, "transform", counted)
+    out = tmp_path / "pred.csv"
+    argv = ["predict", str(tmp_path / "m.csv"), "--model", str(model), "--out", str(out)]
+    assert cli.main([*argv, "--device", "cpu"]) == 0
+    images = load_image_table(tmp_path / "m.csv", image_size=32).us.images
+    assert calls == [len(images)]  # one pass: the decision comes from the printed bounds
+    policy = load_policy(model)
+    predictions = pd.read_csv(out)
+    np.testing.assert_array_equal(predictions["ultrasound_suffices"], policy.predict(images))
+    lower = policy.predict_lower(images)
+    for t in lower.columns:
+        np.testing.assert_allclose(predictions[f"lower_{t}"], lower[t], rtol=1e-6)
+    assert predictions["ultrasound_suffices"].iloc[0] == 0  # the blank image: referred
 
 
 def _half_then(error):
@@ -479,9 +587,15 @@ def test_fit_failing_while_saving_keeps_the_old_model(
     error, rc, fitted, tmp_path, monkeypatch, capsys
 ):
     manifest, good = fitted
-    model = tmp_path / "good.joblib"
+    model = tmp_path / "good.skddh"
     model.write_bytes(good.read_bytes())
-    monkeypatch.setattr(joblib, "dump", _half_then(error))
+    writestr = zipfile.ZipFile.writestr
+
+    def half_then(self, name, data, *args, **kwargs):  # save_policy writes its zip through it
+        writestr(self, name, data[: len(data) // 2], *args, **kwargs)
+        raise error
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", half_then)
     argv = ["fit", str(manifest), "--model", str(model), *FAST, "--delta-alpha", "0.35"]
     assert cli.main([*argv, "--delta-coverage", "0.35"]) == rc
     err = capsys.readouterr().err
@@ -492,7 +606,7 @@ def test_fit_failing_while_saving_keeps_the_old_model(
     )
     assert "Traceback" not in err
     assert model.read_bytes() == good.read_bytes()
-    assert [p.name for p in tmp_path.iterdir()] == ["good.joblib"]  # no temp file behind
+    assert [p.name for p in tmp_path.iterdir()] == ["good.skddh"]  # no temp file behind
 
 
 @pytest.mark.parametrize("error, rc", [(_disk_full(), 2), (KeyboardInterrupt(), 130)])
@@ -519,7 +633,7 @@ def test_ctrl_c_during_fit_is_one_line_and_leaves_no_file(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(SimSiamFeaturizer, "fit", interrupted)
-    model = tmp_path / "p.joblib"
+    model = tmp_path / "p.skddh"
     argv = ["fit", str(manifest), "--model", str(model), *FAST, "--delta-alpha", "0.35"]
     assert cli.main([*argv, "--delta-coverage", "0.35"]) == 130
     assert capsys.readouterr().err == "skddh fit: interrupted\n"

@@ -45,6 +45,6 @@ except ValueError as exc:
 # --------------
 # The same in a shell::
 #
-#     skddh fit registry/manifest.csv --model policy.joblib --rule or \
+#     skddh fit registry/manifest.csv --model policy.skddh --rule or \
 #         --delta-alpha 0.35 --delta-coverage 0.35
-#     skddh predict new_scans.csv --model policy.joblib --out decisions.csv
+#     skddh predict new_scans.csv --model policy.skddh --out decisions.csv
