@@ -366,7 +366,7 @@ def _pretraining_images(data, held_out, args):
 
     if args.registry is None:
         return data.images[~held_out], "manifest rows outside calibration and test"
-    reg = load_image_table(args.registry, image_size=args.image_size).us
+    reg = load_image_table(args.registry, image_size=args.image_size, labels="optional").us
     keep = ~np.isin(np.asarray(reg.subject), np.asarray(data.subject)[held_out])
     if not keep.all():
         print(
@@ -431,7 +431,10 @@ def _fit(args) -> int:
     train, cal, held_out = parts
     subject = np.asarray(data.subject)
     if train.sum() < 2:
-        raise CommandError(f"{int(train.sum())} labelled training images; need at least 2")
+        raise CommandError(
+            f"{int(train.sum())} labelled training images; need at least 2 (ultrasound rows "
+            "with alpha, beta and fhc all given)"
+        )
     if cal.sum() == 0:
         raise CommandError("no labelled calibration images")
     n_cal_subjects = len(np.unique(subject[cal]))
@@ -529,7 +532,9 @@ def _predict(args) -> int:
     from skddh.policy._policy import untrustworthy_rows
 
     policy, image_size = _load_model(args.model, args.device)
-    data = load_image_table(args.manifest, args.image_root, image_size=image_size).us
+    data = load_image_table(
+        args.manifest, args.image_root, image_size=image_size, labels="optional"
+    ).us
     if len(data.images) == 0:
         raise CommandError("the manifest holds no ultrasound (US) rows")
     # The encoder runs once: the decision is policy.predict's, from these bounds
