@@ -302,62 +302,6 @@ def test_clone_pickle_pipeline():
     assert np.all(scores["test_score"] <= 0)
 
 
-class _CountingRegressor(LinearRegression):
-    """LinearRegression that counts its fits and predictions in a file ("f" and "p")."""
-
-    def __init__(self, counter=None):
-        self.counter = counter
-        super().__init__()
-
-    def fit(self, X, y):
-        with open(self.counter, "a") as fh:
-            fh.write("f")
-        return super().fit(X, y)
-
-    def predict(self, X):
-        with open(self.counter, "a") as fh:
-            fh.write("p")
-        return super().predict(X)
-
-
-def _n_fits(path):
-    return path.read_text().count("f") if path.exists() else 0
-
-
-def _n_predicts(path):
-    return path.read_text().count("p") if path.exists() else 0
-
-
-def test_gridsearch_with_groups_and_memory_fits_once_per_fold(tmp_path):
-    X, y, g = _hips()
-    counter = tmp_path / "fits.txt"
-    grid = {"rule": ["alpha", "or", "and"], "delta": [0.05, 0.1, 0.2, 0.35]}
-    scorer = make_policy_scorer(radiation_cost=1.0, miss_penalty=10.0)
-    results = {}
-    for memory in [None, str(tmp_path / "cache")]:
-        counter.unlink(missing_ok=True)
-        base = OneSidedConformalRegressor(_CountingRegressor(str(counter)), random_state=0)
-        with sklearn.config_context(enable_metadata_routing=True):
-            policy = SelectiveImagingPolicy(base, memory=memory).set_fit_request(groups=True)
-            search = GridSearchCV(policy, grid, scoring=scorer, cv=GroupKFold(4), refit=False)
-            search.fit(X, y, groups=g)
-        results[memory is None] = (
-            search.cv_results_["mean_test_score"],
-            _n_fits(counter),
-            _n_predicts(counter),
-        )
-    (plain_scores, plain_fits, plain_pred), (cached_scores, cached_fits, cached_pred) = (
-        results[True],
-        results[False],
-    )
-    np.testing.assert_allclose(cached_scores, plain_scores)
-    assert plain_fits == 12 * 4
-    assert cached_fits == 4  # one per fold, shared by all 12 candidates
-    # Each fit predicts its calibration part once; each fold's test part is predicted once.
-    assert plain_pred == 12 * 4 * 2
-    assert cached_pred == 4 * 2
-
-
 @pytest.mark.parametrize("make", [_conformal, _cross], ids=["split", "cv+"])
 def test_policy_cv_agrees_with_gridsearch_exactly(make):
     X, y, g = _hips()
@@ -628,36 +572,3 @@ def test_sample_weight_reaches_the_regressor_training_rows(make):
         make(_WeightCheckingRegressor()), rules=["and"], deltas=[0.2, 0.4], cv=GroupKFold(3)
     )
     check(twin.fit(X, y, groups=g, sample_weight=w).estimator_)
-
-
-def test_cache_keys_hash_a_frozen_estimator_once(monkeypatch):
-    from sklearn.frozen import FrozenEstimator
-
-    from skddh.policy import _cache
-
-    X, y, _ = _hips()
-    frozen = FrozenEstimator(LinearRegression().fit(X, y))
-    calls = []
-    real_hash = _cache.joblib.hash
-    monkeypatch.setattr(_cache.joblib, "hash", lambda obj: calls.append(1) or real_hash(obj))
-    model = OneSidedConformalRegressor(frozen)
-    k1 = _cache.content_key(clone(model), X)
-    k2 = _cache.content_key(clone(model), X)
-    assert k1 == k2 and len(calls) == 1  # clone keeps the frozen object: digest reused
-    assert _cache.content_key(clone(model), X + 1) != k1
-
-
-def test_cached_policy_predicts_like_the_uncached_one(tmp_path):
-    X, y, g = _hips()
-    plain = SelectiveImagingPolicy(_conformal(), rule="or", delta=0.2).fit(X, y, groups=g)
-    cached = SelectiveImagingPolicy(_conformal(), rule="or", delta=0.2, memory=str(tmp_path)).fit(
-        X, y, groups=g
-    )
-    pd.testing.assert_frame_equal(cached.predict_lower(X), plain.predict_lower(X))
-    np.testing.assert_array_equal(cached.predict(X), plain.predict(X))
-    # A second policy with another delta reuses the fit and the predictions.
-    other = clone(cached).set_params(delta=0.35).fit(X, y, groups=g)
-    assert other.estimator_ is cached.estimator_
-    np.testing.assert_allclose(
-        other.predict_lower(X), plain.estimator_.predict_lower(X, delta=0.35)
-    )

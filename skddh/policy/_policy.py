@@ -5,7 +5,6 @@ The rules are in :mod:`skddh.policy._rules`; see :mod:`skddh.policy` for what ea
 
 from __future__ import annotations
 
-import pickle
 from numbers import Real
 
 import numpy as np
@@ -15,14 +14,14 @@ from sklearn.utils import get_tags
 
 # Private helpers, stable since scikit-learn 1.3; sklearn-compat does not re-export them.
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_memory
+from sklearn.utils.validation import _num_samples, check_is_fitted, check_memory
 from sklearn_compat.base import _fit_context
 
 from skddh.conformal import OneSidedConformalRegressor
 from skddh.conformal._base import check_miscoverage as _miscoverage
 from skddh.conformal._base import no_groups_message
 from skddh.metrics import utility
-from skddh.policy._cache import FITS, PREDICTIONS, content_key
+from skddh.policy._cache import FITS, PREDICTIONS, content_key, dumps_fit, loads_fit
 from skddh.policy._rules import DEFAULT_THRESHOLDS, RULES, rule_margin, rule_measurements
 
 
@@ -32,16 +31,18 @@ def _fit_bounds(estimator, X, y, groups, fit_params):
 
 
 def _fit_bounds_keyed(key, estimator, X, y_values, y_columns, group_codes, fit_params) -> bytes:
-    """The fitted regressor as pickle bytes, cached by ``joblib.Memory`` under ``key`` alone.
+    """The fitted regressor as bytes, cached by ``joblib.Memory`` under ``key`` alone.
 
-    joblib would hash every argument again (a frozen encoder's weights included) and read a
-    cached object back by pure-Python unpickling (about 10 ms for a 512 -> 128 -> 3 MLP); the
-    content key is computed once by :func:`skddh.policy._cache.content_key`, and a bytes blob
-    loads in microseconds, after which ``pickle.loads`` (C) rebuilds the estimator.
+    joblib would hash every argument again (pickling a torch encoder, which gives new bytes
+    every time) and read a cached object back by pure-Python unpickling (about 10 ms for a
+    512 -> 128 -> 3 MLP); the content key is computed once by
+    :func:`skddh.policy._cache.content_key`, and a bytes blob loads in microseconds. The
+    frozen estimators of ``estimator`` are written as references
+    (:func:`skddh.policy._cache.dumps_fit`), so the blob holds the head, not the encoder.
     """
     y = pd.DataFrame(y_values, columns=y_columns)
     fitted = _fit_bounds(estimator, X, y, group_codes, fit_params)
-    return pickle.dumps(fitted, protocol=5)
+    return dumps_fit(fitted, estimator)
 
 
 _KEYED_ARGS = ["estimator", "X", "y_values", "y_columns", "group_codes", "fit_params"]
@@ -112,9 +113,11 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 
     def _fit_base(self, X, y_fit, groups, fit_params):
         """The fitted regressor and its cache key (``None`` without ``memory``)."""
-        base = clone(self._base_bounds())
         if self.memory is None:
-            return _fit_bounds(base, X, y_fit, groups, fit_params), None
+            return _fit_bounds(clone(self._base_bounds()), X, y_fit, groups, fit_params), None
+        # Keyed on the estimator itself, not a clone: equal content gives equal clones, and
+        # a hit then costs no clone. (A fitted estimator's state only makes the key stricter.)
+        base = self._base_bounds()
         # Integer codes in sorted order split exactly as the labels do (GroupShuffleSplit
         # ranks groups by np.unique too) and hash at memory speed, as plain arrays do; a
         # DataFrame or an object array would be hashed by pure-Python pickling.
@@ -124,7 +127,9 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         fitted = FITS.get(key)
         if fitted is None:
             cached = check_memory(self.memory).cache(_fit_bounds_keyed, ignore=_KEYED_ARGS)
-            fitted = pickle.loads(cached(key, base, X, y_values, columns, codes, fit_params))
+            # On a miss it fits a clone, whose frozen estimators are base's own objects.
+            blob = cached(key, clone(base), X, y_values, columns, codes, fit_params)
+            fitted = loads_fit(blob, base)
             FITS.put(key, fitted)
         return fitted, key
 
@@ -215,6 +220,37 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         tags.target_tags.single_output = True
         tags.input_tags.sparse = get_tags(self._base_bounds()).input_tags.sparse
         return tags
+
+
+def untrustworthy_rows(X) -> np.ndarray:
+    """Rows of numeric input no bound can vouch for: any NaN or infinite value, or a constant
+    image (blank, saturated: no anatomy in it).
+
+    A NaN-tolerant base (histogram gradient boosting) would predict something for such a row,
+    and a bound built on it would look valid; the policy refers these rows instead. Feature
+    matrices (2-D) are checked for non-finite values only. Inputs that are not numeric arrays
+    (file paths) pass through: their checks belong to the loader.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skddh.policy._policy import untrustworthy_rows
+    >>> images = np.random.default_rng(0).random((3, 8, 8))
+    >>> images[1] = 1.0  # blank white
+    >>> images[2, 0, 0] = np.nan
+    >>> untrustworthy_rows(images)
+    array([False,  True,  True])
+    """
+    arr = X.to_numpy() if isinstance(X, pd.DataFrame) else X
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or arr.ndim < 2:
+        return np.zeros(_num_samples(X), dtype=bool)
+    rows = arr.reshape(len(arr), -1)
+    bad = np.zeros(len(arr), dtype=bool)
+    if rows.dtype.kind == "f":
+        bad |= ~np.isfinite(rows).all(axis=1)
+    if arr.ndim >= 3 and rows.shape[1] > 1:  # images: a constant one carries no anatomy
+        bad |= rows.max(axis=1) == rows.min(axis=1)  # NaN rows are flagged above already
+    return bad
 
 
 def _check_delta_names(delta, names, what="delta"):
@@ -400,9 +436,13 @@ class SelectiveImagingPolicy(_PolicyBase):
     def decision_function(self, X) -> np.ndarray:
         """Margin of the bounds over the thresholds under the rule; passed when ``>= 0``.
 
-        ``-inf`` for a case the policy cannot bound (fail-safe referral).
+        ``-inf`` (fail-safe referral) for a case the policy cannot vouch for, whatever the
+        base estimator does with it: a non-finite bound, a bound above the measurement's
+        physical maximum, or an input row that is flagged (:func:`untrustworthy_rows`: a
+        NaN or infinite value, or a constant image).
         """
-        return rule_margin(self.predict_lower(X), self.thresholds_, self.rule)
+        margin = rule_margin(self.predict_lower(X), self.thresholds_, self.rule)
+        return np.where(untrustworthy_rows(X), -np.inf, margin)
 
     def predict(self, X) -> np.ndarray:
         """1 = ultrasound suffices, 0 = refer to X-ray."""
