@@ -103,3 +103,16 @@ def test_non_physical_bounds_refer(value):
     lb = {"alpha": [70.0, value], "coverage": [70.0, 70.0]}
     margin = rule_margin(lb, {"alpha": 60.0, "coverage": 50.0}, "or")
     assert margin[0] == 20.0 and np.isneginf(margin[1])
+
+
+def test_policy_cv_refuses_folds_that_split_a_subject():
+    from sklearn.model_selection import KFold
+
+    from skddh import SelectiveImagingPolicyCV
+
+    X, y, g = _cohort()
+    search = SelectiveImagingPolicyCV(
+        OneSidedConformalRegressor(random_state=0), deltas=[0.3], cv=KFold(4, shuffle=True)
+    )
+    with pytest.raises(ValueError, match="subject.*in both its training and test part"):
+        search.fit(X, y, groups=g)

@@ -273,6 +273,15 @@ class SelectiveImagingPolicyCV(_PolicyBase):
             cv = GroupKFold(cv)
         cv = check_cv(cv)
         splits = list(cv.split(np.zeros(len(y_fit)), None, groups_arr))
+        if groups_arr is not None:
+            for k, (train, test) in enumerate(splits):
+                shared = np.intersect1d(groups_arr[train], groups_arr[test])
+                if shared.size:
+                    raise ValueError(
+                        f"cv fold {k} puts {shared.size} subject(s) (e.g. {shared[0]!r}) in both "
+                        "its training and test part: a candidate would be scored on subjects "
+                        "it was fitted on. Use a group splitter such as GroupKFold."
+                    )
         candidates = _candidates(rules, deltas)
         order = sorted(
             range(len(candidates)),
