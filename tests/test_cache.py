@@ -414,3 +414,24 @@ def test_cached_policy_predicts_like_the_uncached_one(tmp_path):
     np.testing.assert_allclose(
         other.predict_lower(X), plain.estimator_.predict_lower(X, delta=0.35)
     )
+
+
+def test_cached_fit_reports_the_callers_subject_ids(tmp_path):
+    """The cache fits on integer codes; calibration_groups_ still names the caller's subjects."""
+    from sklearn.linear_model import LinearRegression
+
+    from skddh import OneSidedConformalRegressor, SelectiveImagingPolicy
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 2))
+    y = pd.DataFrame({"alpha": 60 + X[:, 0], "coverage": 55 + X[:, 1]})
+    ids = np.array([f"infant-{i:03d}" for i in np.arange(120) // 3])
+    policy = SelectiveImagingPolicy(
+        OneSidedConformalRegressor(LinearRegression(), random_state=0), memory=str(tmp_path)
+    )
+    cached = policy.fit(X, y, groups=ids).estimator_.calibration_groups_
+    plain = SelectiveImagingPolicy(
+        OneSidedConformalRegressor(LinearRegression(), random_state=0)
+    ).fit(X, y, groups=ids)
+    np.testing.assert_array_equal(cached, plain.estimator_.calibration_groups_)
+    assert str(cached[0]).startswith("infant-")

@@ -5,6 +5,7 @@ The rules are in :mod:`skddh.policy._rules`; see :mod:`skddh.policy` for what ea
 
 from __future__ import annotations
 
+import copy
 from numbers import Real
 
 import numpy as np
@@ -121,7 +122,7 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         # Integer codes in sorted order split exactly as the labels do (GroupShuffleSplit
         # ranks groups by np.unique too) and hash at memory speed, as plain arrays do; a
         # DataFrame or an object array would be hashed by pure-Python pickling.
-        codes = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+        labels, codes = (None, None) if groups is None else np.unique(groups, return_inverse=True)
         y_values, columns = y_fit.to_numpy(dtype=float), list(y_fit.columns)
         key = content_key(base, X, y_values, columns, codes, fit_params)
         fitted = FITS.get(key)
@@ -131,6 +132,11 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
             blob = cached(key, clone(base), X, y_values, columns, codes, fit_params)
             fitted = loads_fit(blob, base)
             FITS.put(key, fitted)
+        if labels is not None and hasattr(fitted, "calibration_groups_"):
+            # The shared fit was made on codes: show this caller's subject ids (a shallow
+            # copy, so the cached object stays as it is for other callers).
+            fitted = copy.copy(fitted)
+            fitted.calibration_groups_ = labels[np.asarray(fitted.calibration_groups_, int)]
         return fitted, key
 
     def _check_groups(self, groups):
