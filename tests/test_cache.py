@@ -410,7 +410,8 @@ def test_cached_policy_predicts_like_the_uncached_one(tmp_path):
     np.testing.assert_array_equal(cached.predict(X), plain.predict(X))
     # A second policy with another delta reuses the fit and the predictions.
     other = clone(cached).set_params(delta=0.35).fit(X, y, groups=g)
-    assert other.estimator_ is cached.estimator_
+    # (the policy holds a shallow copy that names its own subjects; the fitted model is shared)
+    assert other.estimator_.estimator_ is cached.estimator_.estimator_
     np.testing.assert_allclose(
         other.predict_lower(X), plain.estimator_.predict_lower(X, delta=0.35)
     )
