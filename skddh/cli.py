@@ -18,7 +18,8 @@ How it fails:
   file, or a corrupted model file, is refused with a one-line error.
 - ``reproduce --out X`` writes ``X/INCOMPLETE`` first and removes it when the report is
   written: while it is there, the report and tables in X are from an earlier run (or a mix),
-  not from the command it names.
+  not from the command it names. With ``--seeds``, ``X/INCOMPLETE`` stays until every
+  ``X/seed_S/`` and the aggregate report are written (each ``X/seed_S/`` has its own marker).
 """
 
 from __future__ import annotations
@@ -277,32 +278,85 @@ def _cohort(args) -> int:
 INCOMPLETE = "INCOMPLETE"
 
 
-def _incomplete_note(args) -> str:
-    """The text of ``--out/INCOMPLETE``: which run, when, and what the folder's files are."""
+def _incomplete_note(args, *, seed: int | None = None, over_seeds: bool = False) -> str:
+    """The text of ``--out/INCOMPLETE``: which run, when, and what the folder's files are.
+
+    ``seed``: the marker of one seed's folder of a run over seeds; ``over_seeds``: the marker
+    of the whole run's folder.
+    """
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    written = "report.md,\nthe CSV tables and the figures are all written."
+    if over_seeds:
+        written = (
+            "every seed's\nfolder (seed_S/) and the aggregate report.md, *_over_seeds.csv "
+            "and headline.png\nare all written."
+        )
+    of_seed = "" if seed is None else f"seed: {seed} (one seed of the command's --seeds)\n"
     return f"""This folder does not hold a finished run of the command below.
 
-skddh reproduce writes this file before it starts and removes it only once report.md,
-the CSV tables and decision_curve.png are all written. If you can read it, the run was
-interrupted or failed (or is still running): report.md and the other files here, if any,
-are from an EARLIER run, or a mix of an earlier run and this one. Do not use them; rerun.
+skddh reproduce writes this file before it starts and removes it only once {written}
+If you can read it, the run was interrupted or failed (or is still running): report.md and
+the other files here, if any, are from an EARLIER run, or a mix of an earlier run and this
+one. Do not use them; rerun.
 
 command: {shlex.join(["skddh", *args.argv])}
-started: {started}
+{of_seed}started: {started}
 """
 
 
 def _reproduce(args) -> int:
     from skddh.studies import run_study, write_report
 
+    if args.seeds is not None:
+        if args.seed is not None:
+            raise CommandError("give --seed or --seeds, not both")
+        return _reproduce_over_seeds(args)
+    seed = 0 if args.seed is None else args.seed
     start = time.perf_counter()
     marker = args.out / INCOMPLETE
     atomic_write_text(marker, _incomplete_note(args))  # a rerun replaces an old marker
-    result = run_study(args.scale, device=args.device, seed=args.seed, verbose=1)
+    result = run_study(args.scale, device=args.device, seed=seed, verbose=1)
     path = write_report(result, args.out)
     marker.unlink(missing_ok=True)  # the very end: every file above is complete
     print(path.read_text())
     print(f"wrote {path} and its tables and figure in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _reproduce_over_seeds(args) -> int:
+    """``reproduce --seeds``: one run per seed into ``--out/seed_S``, then the aggregate.
+
+    ``--out/INCOMPLETE`` covers the whole run: written before the first seed, removed after
+    the aggregate ``report.md``. Each seed's folder has its own marker, as a single run's.
+    """
+    from skddh.studies import run_study, write_over_seeds_report, write_report
+
+    seeds = list(args.seeds)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise CommandError(f"--seeds repeats {', '.join(map(str, repeated))}: give each seed once")
+    start = time.perf_counter()
+    dirs = [args.out / f"seed_{s}" for s in seeds]
+    for d in dirs:  # before any compute: a file in the way fails now, as one line
+        d.mkdir(exist_ok=True)
+    marker = args.out / INCOMPLETE
+    atomic_write_text(marker, _incomplete_note(args, over_seeds=True))
+    results = []
+    for i, (seed, d) in enumerate(zip(seeds, dirs), start=1):
+        print(f"[skddh] seed {seed} ({i} of {len(seeds)}) -> {d}")
+        seed_marker = d / INCOMPLETE
+        atomic_write_text(seed_marker, _incomplete_note(args, seed=seed))
+        result = run_study(args.scale, device=args.device, seed=seed, verbose=1)
+        write_report(result, d)
+        seed_marker.unlink(missing_ok=True)
+        results.append(result)
+    path = write_over_seeds_report(results, args.out, seed_dirs=dirs)
+    marker.unlink(missing_ok=True)  # the very end: every seed's folder and the aggregate
+    print(path.read_text())
+    print(
+        f"wrote {path}, its tables over {len(seeds)} seeds and each seed's report "
+        f"({', '.join(str(d) for d in dirs)}) in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
@@ -593,9 +647,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Make the study cohort, pretrain a SimSiam encoder per modality, train the "
             "ultrasound and X-ray heads, calibrate one-sided conformal lower bounds, and "
             "evaluate the selective imaging policy on the matched test pairs. Writes "
-            "report.md, CSV tables and decision_curve.png to --out. --out/INCOMPLETE is "
-            "written first and removed at the end: while it is there, the files in --out are "
-            "not (all) from this run."
+            "report.md, CSV tables, headline.png and decision_curve.png to --out. With "
+            "--seeds, one such run per seed into --out/seed_S, then at --out the tables' "
+            "mean, std, min and max over the seeds (<table>_over_seeds.csv), headline.png "
+            "and a report.md of mean (min-max). --out/INCOMPLETE is written first and "
+            "removed at the end: while it is there, the files in --out are not (all) from "
+            "this run."
         ),
     )
     rep.add_argument(
@@ -606,7 +663,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--device", type=_device, default="auto", help=device_help)
     rep.add_argument("--out", type=_writable_dir, default="skddh_out", help="output directory")
-    rep.add_argument("--seed", type=_seed, default=0, help=seed_help)
+    rep.add_argument("--seed", type=_seed, default=None, help=f"{seed_help}; default 0")
+    rep.add_argument(
+        "--seeds",
+        type=_seed,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="run once per seed (each into --out/seed_S) and aggregate over the seeds; "
+        "not with --seed",
+    )
     rep.set_defaults(func=_reproduce)
 
     fit = sub.add_parser(

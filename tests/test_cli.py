@@ -49,6 +49,8 @@ def test_help_on_every_command(command, capsys):
         (["fit", "README.md", "--image-size", "4"], "must be >= 16, got 4: the encoder"),
         (["fit", "README.md", "--seed", "-5"], r"seed must lie in \[0, "),
         (["reproduce", "--seed", "-5"], r"seed must lie in \[0, "),
+        (["reproduce", "--seeds", "0", "x"], "'x' is not an integer"),
+        (["reproduce", "--seeds"], "expected at least one argument"),
         (["cohort", "--seed", "2147483648"], r"seed must lie in \[0, "),
         (["cohort", "--n-jobs", "0"], "must not be 0"),
         (["fit", "README.md", "--batch-size", "1"], "must be >= 2"),
@@ -702,3 +704,104 @@ def test_a_finished_reproduce_removes_the_marker(old_report, monkeypatch, capsys
     assert cli.main(["reproduce", "--out", str(old_report)]) == 0
     assert sorted(p.name for p in old_report.iterdir()) == ["report.md"]
     assert "# this run's report" in capsys.readouterr().out
+
+
+# ---- reproduce --seeds: one run per seed, then the aggregate --------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "1", "--seeds", "0", "1"], "give --seed or --seeds, not both"),
+        (["--seeds", "0", "1", "--seed", "0"], "give --seed or --seeds, not both"),
+        (["--seeds", "3", "1", "3"], "--seeds repeats 3: give each seed once"),
+    ],
+)
+def test_reproduce_seeds_usage_errors_are_one_line(flags, message, tmp_path, monkeypatch, capsys):
+    _stage_raises(monkeypatch, "run_study", AssertionError("no run before the check"))
+    assert cli.main(["reproduce", "--out", str(tmp_path), *flags]) == 2
+    assert message in _one_error_line(capsys, "reproduce")
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the marker
+
+
+@pytest.fixture
+def fake_runs(tmp_path, monkeypatch, fake_study_result):
+    """``run_study`` at the tiny scale, made instant: a synthetic result per seed (a real tiny
+    run takes minutes here). It records its calls and checks, during each, the markers of a
+    run whose ``--out`` is ``tmp_path``."""
+    import skddh.studies
+
+    tiny = dict(
+        image_size=32, n_registry_us=64, n_registry_xr=64, epochs=1, batch_size=32, head_epochs=20
+    )
+    monkeypatch.setitem(study.SCALES, "small", tiny)
+    calls = []
+
+    def run_study(scale, *, device, seed, verbose):
+        calls.append((scale, device, seed))
+        marker = tmp_path / f"seed_{seed}" / "INCOMPLETE"
+        assert (tmp_path / "INCOMPLETE").exists() and marker.exists()
+        assert study.SCALES[scale] == tiny
+        return fake_study_result(seed, shift=0.1 * seed, scale=scale, device=device)
+
+    monkeypatch.setattr(skddh.studies, "run_study", run_study)
+    return calls
+
+
+def test_reproduce_over_seeds_writes_each_run_and_the_aggregate(tmp_path, fake_runs, capsys):
+    argv = ["reproduce", "--device", "cpu", "--out", str(tmp_path), "--seeds", "0", "1"]
+    assert cli.main(argv) == 0
+    assert fake_runs == [("small", "cpu", 0), ("small", "cpu", 1)]
+    for seed in (0, 1):  # each seed's folder: what a single run writes
+        d = tmp_path / f"seed_{seed}"
+        for name in ["report.md", "policy.csv", "headline.csv", "headline.png", "mae.csv"]:
+            assert (d / name).stat().st_size > 0, name
+        assert (d / "decision_curve.png").exists() and not (d / "INCOMPLETE").exists()
+        assert f"seed {seed}." in (d / "report.md").read_text()
+    for name in ["headline", "mae", "radii", "radii_by_delta", "coverage", "policy"]:
+        table = pd.read_csv(tmp_path / f"{name}_over_seeds.csv")
+        assert (table["n_seeds"] <= 2).all() and {"mean", "std", "min", "max"} <= set(table)
+    policy = pd.read_csv(tmp_path / "policy_over_seeds.csv")
+    per_seed = [pd.read_csv(tmp_path / f"seed_{s}" / "policy.csv") for s in (0, 1)]
+    rates = np.stack([p["us_pass_rate"] for p in per_seed])
+    got = policy[policy["quantity"] == "us_pass_rate"]
+    np.testing.assert_allclose(got["mean"], rates.mean(axis=0))
+    np.testing.assert_allclose(got["min"], rates.min(axis=0))
+    np.testing.assert_allclose(got["max"], rates.max(axis=0))
+    report = (tmp_path / "report.md").read_text()
+    assert "# skddh reproduce over 2 seeds" in report and "- seeds: 0, 1" in report
+    assert "- scale: `small`" in report and "- device: `cpu`" in report
+    assert (tmp_path / "headline.png").stat().st_size > 0
+    assert not (tmp_path / "INCOMPLETE").exists()
+    assert not [p for p in tmp_path.rglob(".*")]  # no temp file left
+    out = capsys.readouterr().out
+    assert "[skddh] seed 1 (2 of 2)" in out and "Hips passed with a guarantee" in out
+
+
+def test_reproduce_over_seeds_failing_late_leaves_the_markers(
+    tmp_path, fake_runs, monkeypatch, capsys
+):
+    """INCOMPLETE covers the whole run: a failure in the second seed, or in the aggregate,
+    leaves it, and the failing seed's own marker."""
+    import skddh.studies
+
+    real_write = skddh.studies.write_report
+
+    def write_report(result, out):
+        if result.seed == 1:
+            raise _disk_full()
+        return real_write(result, out)
+
+    monkeypatch.setattr(skddh.studies, "write_report", write_report)
+    argv = ["reproduce", "--out", str(tmp_path), "--seeds", "0", "1"]
+    assert cli.main(argv) == 2
+    assert "No space left on device" in _one_error_line(capsys, "reproduce")
+    marker = (tmp_path / "INCOMPLETE").read_text()
+    assert "every seed's" in marker and "command: skddh reproduce" in marker
+    assert not (tmp_path / "seed_0" / "INCOMPLETE").exists()  # seed 0 finished
+    assert "seed: 1" in (tmp_path / "seed_1" / "INCOMPLETE").read_text()
+    assert not (tmp_path / "report.md").exists()
+
+    monkeypatch.setattr(skddh.studies, "write_report", real_write)
+    _stage_raises(monkeypatch, "write_over_seeds_report", _disk_full())
+    assert cli.main(argv) == 2
+    assert (tmp_path / "INCOMPLETE").exists()
+    assert not any((tmp_path / f"seed_{s}" / "INCOMPLETE").exists() for s in (0, 1))

@@ -1,10 +1,12 @@
 """Tests of skddh.study: the end-to-end study at a tiny scale, and its report."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from skddh.studies import run_study, write_report
 from skddh.studies.ddh import POLICY_GRID
+from skddh.studies.headline import headline_table
 
 TINY = dict(
     image_size=32, n_registry_us=96, n_registry_xr=64, epochs=1, batch_size=32, head_epochs=30
@@ -80,3 +82,40 @@ def test_calibration_methods_table(tiny_study, tmp_path):
     assert "## Calibration methods at delta = 0.10" in text
     assert all(name in text for name in m.index)
     assert (tmp_path / "calibration_methods.csv").stat().st_size > 0
+
+
+def test_headline_table_on_known_decisions():
+    passed = {"alpha 0.10/0.10": [1, 1, 1, 0, 0], "and 0.10/0.10": [1, 0, 0, 0, 0]}
+    alpha = [70, 65, 55, 61, 50]
+    cov = [60, 40, 60, 60, 60]
+    table = headline_table(passed, alpha, cov)
+    assert list(table.index) == ["alpha-only, delta 0.10", "AND, delta 0.10/0.10"]
+    alpha_rule, and_rule = table.iloc[0], table.iloc[1]
+    assert alpha_rule["passed"] == 0.6 and alpha_rule["oracle"] == 0.6
+    assert alpha_rule["missed_of_all"] == 0.2  # the third hip: passed, true alpha 55
+    assert alpha_rule["missed_of_passed"] == pytest.approx(1 / 3)
+    assert and_rule["oracle"] == 0.4  # the second hip has coverage 40
+    assert and_rule["missed_of_all"] == 0.0 and and_rule["missed_of_passed"] == 0.0
+    assert table["target_miss_bound"].tolist() == [0.10, 0.20]
+    nothing = headline_table({k: [0] * 5 for k in passed}, alpha, cov)
+    assert nothing["missed_of_passed"].isna().all() and (nothing["passed"] == 0).all()
+
+
+def test_headline_agrees_with_the_policy_table(tiny_study, tmp_path):
+    """The headline's rules are rows of the policy table, on the same decisions."""
+    head = tiny_study.headline
+    pol = tiny_study.policy.set_index(["rule", "delta_alpha", "delta_coverage"])
+    for _, row in head.iterrows():
+        same = pol.loc[(row["rule"], row["delta_alpha"], row["delta_coverage"])]
+        assert row["passed"] == same["us_pass_rate"]
+        assert row["n_hips"] == tiny_study.n_pairs
+        assert 0 <= row["missed_of_all"] <= row["passed"] and 0 < row["oracle"] < 1
+    # AND's truth criterion is the policy table's missed_us_truth (alpha < 60 or coverage < 50).
+    and_row = head[head["rule"] == "and"].iloc[0]
+    assert and_row["missed_of_all"] == pol.loc[("and", 0.10, 0.10), "missed_us_truth"]
+    assert and_row["oracle"] <= head[head["rule"] == "alpha"].iloc[0]["oracle"]
+    text = write_report(tiny_study, tmp_path).read_text()
+    assert text[text.index("## ") :].startswith("## Hips passed with a guarantee")
+    assert (tmp_path / "headline.png").stat().st_size > 0
+    written = pd.read_csv(tmp_path / "headline.csv", index_col="policy")
+    pd.testing.assert_frame_equal(written, head, check_dtype=False)

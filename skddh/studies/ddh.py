@@ -31,6 +31,7 @@ from skddh.datasets import make_hip_cohort
 from skddh.metrics import coverage, missed_rate, pass_rate
 from skddh.models import MeasurementRegressor, SimSiamFeaturizer
 from skddh.policy import DEFAULT_THRESHOLDS, apply_rule
+from skddh.studies.headline import headline_table, policy_key
 
 __all__ = ["SCALES", "PAPER", "StudyResult", "run_study"]
 
@@ -105,6 +106,9 @@ class StudyResult:
     calibration_methods: pd.DataFrame | None = None
     #: Calibration subjects of the split (``n_calibration`` counts their images).
     n_calibration_subjects: int | None = None
+    #: Hips passed with a guarantee: the alpha rule at 0.10 and AND at 0.10/0.10 on the
+    #: matched test pairs, with the oracle's share (:func:`~skddh.studies.headline.headline_table`).
+    headline: pd.DataFrame | None = None
 
 
 @contextmanager
@@ -376,7 +380,7 @@ def _evaluate(cohort, f_us, f_xr, model, head_xr):
         lb = pd.DataFrame(model.predict_lower(f_us[idx], delta=delta), columns=model.target_names_)
         passed = apply_rule(lb, DEFAULT_THRESHOLDS, rule)
         cov = coverage(y_pairs, lb[["alpha", "coverage"]].to_numpy())
-        key = f"{rule} {d_a:.2f}/{d_c:.2f}"
+        key = policy_key(rule, d_a, d_c)
         passed_by[key] = passed
         pol_rows.append(
             {
@@ -403,4 +407,5 @@ def _evaluate(cohort, f_us, f_xr, model, head_xr):
         n_calibration=model.n_calibration_,
         passed=passed_by,
         abnormal=abnormal,
+        headline=headline_table(passed_by, test_pairs["alpha_true"], test_pairs["coverage_true"]),
     )

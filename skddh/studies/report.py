@@ -1,4 +1,5 @@
-"""The DDH study's report writer: ``report.md``, the CSV tables and the decision curve.
+"""The DDH study's report writer: ``report.md``, the CSV tables, the headline figure and the
+decision curve.
 
 Every file is written atomically (:mod:`skddh._atomic`): a failed or interrupted write leaves
 the old file as it was. ``report.md`` is written last, so a ``report.md`` newer than the tables
@@ -14,8 +15,23 @@ import pandas as pd
 
 from skddh._atomic import atomic_savefig, atomic_to_csv, atomic_write_text
 from skddh.studies.ddh import StudyResult
+from skddh.studies.headline import headline_figure
 
 __all__ = ["write_report"]
+
+#: What the headline table's columns mean (shared with the report over seeds).
+HEADLINE_NOTES = """\
+- `passed`: share of the test hips (matched pairs) passed on ultrasound by the rule;
+  `oracle`: share an exact measurement would pass (true alpha >= 60 for the alpha rule; true
+  alpha >= 60 and true coverage >= 50 for AND), for scale.
+- `missed_of_all`: passed yet truly abnormal by the rule's criterion, over all test hips;
+  `missed_of_passed`: the same over the passed hips (empty when none is passed).
+- `target_miss_bound`: what the rule keeps `missed_of_all` at or below (delta_alpha; AND:
+  delta_alpha + delta_coverage) with an exact calibration, for the rated measurement the
+  bounds are calibrated on. The decisions here use the paper's calibration (approximate: see
+  the calibration methods) and are scored against the true values, so it is a reference,
+  not a checked guarantee. Neither rule bounds `missed_of_passed`.
+"""
 
 
 def _md(df: pd.DataFrame, floatfmt=".3f", index=True) -> str:
@@ -82,8 +98,45 @@ default, or `OneSidedCrossConformalRegressor` when subjects are few).
 """
 
 
+def _headline_section(result: StudyResult) -> str:
+    """The "Hips passed with a guarantee" section (empty for a result without a headline)."""
+    table = result.headline
+    if table is None:
+        return ""
+    return f"""## Hips passed with a guarantee
+
+On the {result.n_pairs} matched test pairs: the alpha-only rule at delta = 0.10 and the AND rule
+at 0.10/0.10, beside the oracle's share.
+
+{_md(table, ".3f")}
+
+{HEADLINE_NOTES}
+![hips passed with a guarantee](headline.png)
+
+"""
+
+
+def _write_headline_figure(table: pd.DataFrame, path: Path, **ranges) -> None:
+    """``headline.png`` from a headline table (over seeds: its means, ranges as error bars)."""
+    import matplotlib.pyplot as plt
+
+    fig = headline_figure(
+        list(table.index),
+        table["passed"],
+        table["oracle"],
+        table["missed_of_all"],
+        table["missed_of_passed"],
+        **ranges,
+    )
+    try:
+        atomic_savefig(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
 def write_report(result: StudyResult, out: str | Path) -> Path:
-    """Write ``report.md``, the CSV tables and ``decision_curve.png`` into ``out``.
+    """Write ``report.md``, the CSV tables, ``headline.png`` and ``decision_curve.png`` into
+    ``out``.
 
     Returns
     -------
@@ -116,6 +169,9 @@ def write_report(result: StudyResult, out: str | Path) -> Path:
     atomic_to_csv(result.policy, out / "policy.csv", index=False)
     if result.calibration_methods is not None:
         atomic_to_csv(result.calibration_methods, out / "calibration_methods.csv")
+    if result.headline is not None:
+        atomic_to_csv(result.headline, out / "headline.csv")
+        _write_headline_figure(result.headline, out / "headline.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     shown = ["and 0.10/0.10", "alpha 0.35/0.35", "or 0.35/0.35", "or 0.40/0.40"]
@@ -151,7 +207,7 @@ Scale `{result.scale}`, device `{result.device}`, seed {result.seed}. Synthetic 
 (`make_hip_cohort`), so "paper" columns are the DDH paper's figures on its real data
 (arXiv 2511.18457), shown for shape, not as a target to match digit for digit.
 
-## Mean absolute error on the test subjects
+{_headline_section(result)}## Mean absolute error on the test subjects
 
 {_md(mae, ".2f", index=False)}
 
