@@ -9,7 +9,7 @@ from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRe
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
 from skddh.metrics import make_policy_scorer
 from skddh.model_file import load_policy, save_policy
-from skddh.models import MeasurementRegressor, SimSiamFeaturizer
+from skddh.models import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer
 from skddh.plotting import CoverageDisplay, DecisionCurveDisplay
 from skddh.policy import SelectiveImagingPolicy, SelectiveImagingPolicyCV
 
@@ -18,6 +18,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CoverageDisplay",
     "DecisionCurveDisplay",
+    "FineTuningRegressor",
     "MeasurementRegressor",
     "OneSidedConformalRegressor",
     "OneSidedCrossConformalRegressor",

@@ -208,3 +208,33 @@ def test_out_of_memory_halves_the_batch_and_goes_on(images, monkeypatch):
         enc = _enc(batch_size=16).fit(images)
     assert enc.history_["batch_size"].iloc[-1] == 8
     assert enc.transform(images[:2]).shape == (2, 512)
+
+
+def test_schedule_counts_the_steps_the_loop_takes(images):
+    from skddh.models._batches import steps_per_epoch
+
+    enc = _enc(epochs=2, batch_size=16).fit(images[:33])  # 33 = 16 + 16 + 1: two steps
+    assert enc.n_steps_ == 2 * steps_per_epoch(33, 16) == 4
+    enc = _enc(epochs=2, batch_size=16).fit(images[:34])  # the last 2 images are a step
+    assert enc.n_steps_ == 2 * 3
+
+
+def test_precision_is_fixed_at_fit_and_features_stay_float32(images, monkeypatch):
+    """A model fitted in bf16 on a GPU ("auto") must give its float32 features on a CPU."""
+    from skddh.models import _torch as T
+
+    enc = _enc().fit(images)
+    assert enc.precision_ == "fp32"
+    expected = enc.transform(images[:4])
+    # Pretend "auto" resolves to bf16 here (as on CUDA): transform must not autocast.
+    monkeypatch.setattr(T, "resolve_dtype", lambda precision, device: torch.bfloat16)
+    np.testing.assert_array_equal(enc.transform(images[:4]), expected)
+    explicit = enc.set_params(precision="bf16").transform(images[:4])
+    assert not np.array_equal(explicit, expected)  # asked for: bf16 autocast, visibly
+
+
+def test_arrays_that_are_not_square_are_letterboxed_not_stretched(fitted, images):
+    wide = np.ascontiguousarray(images[:4, 6:30, :32])  # 24 x 32
+    boxed = np.zeros((4, 32, 32), np.uint8)
+    boxed[:, 4:28, :] = wide  # centred black bands, as files are letterboxed
+    np.testing.assert_allclose(fitted.transform(wide), fitted.transform(boxed), atol=1e-5)

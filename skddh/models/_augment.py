@@ -40,6 +40,17 @@ def _uniform(n, lo, hi, gen, device):
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
 
+def _intensity(v, brightness, contrast, gamma, gen):
+    """Per-sample brightness shift, contrast gain about the image mean and gamma."""
+    n, dev, shape = v.shape[0], v.device, (v.shape[0], 1, 1, 1)
+    bright = _uniform(n, -brightness, brightness, gen, dev).view(shape)
+    gain = _uniform(n, 1 - contrast, 1 + contrast, gen, dev).view(shape)
+    log_g = math.log1p(gamma)
+    g = torch.exp(_uniform(n, -log_g, log_g, gen, dev)).view(shape)
+    mean = v.mean(dim=(1, 2, 3), keepdim=True)
+    return ((v - mean) * gain + mean + bright).clamp(1e-6, 1.0) ** g
+
+
 def _crop_grid(n, size, p: AugmentParams, gen, device):
     """Sampling grids for per-sample random resized crop, flip and rotation."""
     area = _uniform(n, *p.crop_scale, gen, device)
@@ -102,12 +113,7 @@ def augment(x: torch.Tensor, size: int, p: AugmentParams, gen: torch.Generator) 
     grid = _crop_grid(n, size, p, gen, dev).to(x.dtype)
     v = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     shape = (n, 1, 1, 1)
-    bright = _uniform(n, -p.brightness, p.brightness, gen, dev).view(shape)
-    contrast = _uniform(n, 1 - p.contrast, 1 + p.contrast, gen, dev).view(shape)
-    log_g = math.log1p(p.gamma)
-    gamma = torch.exp(_uniform(n, -log_g, log_g, gen, dev)).view(shape)
-    mean = v.mean(dim=(1, 2, 3), keepdim=True)
-    v = ((v - mean) * contrast + mean + bright).clamp(1e-6, 1.0) ** gamma
+    v = _intensity(v, p.brightness, p.contrast, p.gamma, gen)
     if p.blur_p > 0:
         sigma = _uniform(n, *p.blur_sigma, gen, dev)
         off = torch.rand(n, generator=gen, device=dev) >= p.blur_p
@@ -124,3 +130,58 @@ def augment(x: torch.Tensor, size: int, p: AugmentParams, gen: torch.Generator) 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Fixed standardisation of [0, 1] images (no data-dependent state to fit)."""
     return (x - 0.5) / 0.25
+
+
+@dataclass(frozen=True)
+class MeasureAugmentParams:
+    """Label-preserving augmentation for measurement training.
+
+    Graf's alpha and beta are angles between lines drawn in the image, and femoral head
+    coverage is a ratio of lengths along one line: a rotation, an isotropic zoom and a shift
+    of the whole image keep all three, and so do intensity changes (gain, brightness, gamma)
+    and mild noise. A crop with a random aspect ratio does not (it shears angles), and
+    neither does a flip for a model trained on right-oriented hips, so neither is drawn.
+    """
+
+    rotation: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    shift: float = 0.08
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.2
+    noise: float = 0.03
+
+
+def augment_measurement(
+    x: torch.Tensor, p: MeasureAugmentParams, gen: torch.Generator
+) -> torch.Tensor:
+    """One label-preserving random view per image, drawn per sample.
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, C, H, W), float in [0, 1], on the training device
+    p : MeasureAugmentParams
+    gen : torch.Generator on ``x.device``
+
+    Returns
+    -------
+    Tensor of the shape of ``x``, float in [0, 1]. Pixels moved in from outside the image
+    are black (the ultrasound sector's surroundings), never mirrored copies of anatomy.
+    """
+    n, dev = x.shape[0], x.device
+    angle = torch.deg2rad(_uniform(n, -p.rotation, p.rotation, gen, dev))
+    log_s = _uniform(n, math.log(p.scale[0]), math.log(p.scale[1]), gen, dev)
+    inv = torch.exp(-log_s)  # the grid maps output to input coordinates: zoom s -> 1 / s
+    tx = _uniform(n, -p.shift, p.shift, gen, dev) * 2  # normalised coordinates span 2
+    ty = _uniform(n, -p.shift, p.shift, gen, dev) * 2
+    cos, sin = torch.cos(angle) * inv, torch.sin(angle) * inv
+    theta = torch.stack(
+        [torch.stack([cos, -sin, tx], dim=1), torch.stack([sin, cos, ty], dim=1)], dim=1
+    )
+    grid = F.affine_grid(theta, tuple(x.shape), align_corners=False).to(x.dtype)
+    v = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    v = _intensity(v, p.brightness, p.contrast, p.gamma, gen)
+    if p.noise > 0:
+        amp = _uniform(n, 0.0, p.noise, gen, dev).view(n, 1, 1, 1)
+        v = v + amp * torch.randn(v.shape, generator=gen, device=dev, dtype=v.dtype)
+    return v.clamp(0.0, 1.0)

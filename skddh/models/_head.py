@@ -18,6 +18,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 from sklearn_compat.base import _fit_context
 
+from skddh.models._targets import TargetsMixin
+
 
 def _build_module(n_features, hidden, dropout, n_out):
     """The head's network, freshly initialised: features -> hidden -> outputs.
@@ -35,7 +37,7 @@ def _build_module(n_features, hidden, dropout, n_out):
     )
 
 
-class MeasurementRegressor(RegressorMixin, BaseEstimator):
+class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
     """MLP head (features -> hidden -> measurements): L1 for angles, cross-entropy for grades.
 
     Parameters
@@ -129,49 +131,6 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # ---- targets ------------------------------------------------------------------------
-    def _targets(self, y):
-        if isinstance(y, pd.Series):
-            y = y.to_frame(name="y0" if y.name is None else y.name)
-            self._y_1d = True
-        elif isinstance(y, pd.DataFrame):
-            self._y_1d = False
-        else:
-            arr = np.asarray(y)
-            self._y_1d = arr.ndim == 1
-            if arr.ndim == 1:
-                arr = arr[:, None]
-            if arr.ndim != 2:
-                raise ValueError(f"y must be 1-D or 2-D, got {arr.ndim} dimensions.")
-            y = pd.DataFrame(arr, columns=[f"y{j}" for j in range(arr.shape[1])])
-        y = y.rename(columns=str).reset_index(drop=True)
-        names = list(y.columns)
-        cls = []
-        for t in self.classification_targets:
-            name = names[t] if isinstance(t, Integral) and 0 <= t < len(names) else str(t)
-            if name not in names:
-                raise ValueError(
-                    f"classification_targets names {t!r}, not a target; targets are {names}."
-                )
-            cls.append(name)
-        return y, names, cls
-
-    def _weights(self, names):
-        if self.loss_weights is None:
-            return np.ones(len(names))
-        if isinstance(self.loss_weights, dict):
-            unknown = sorted(set(self.loss_weights) - set(names))
-            if unknown:
-                raise ValueError(f"loss_weights names unknown target(s) {unknown}.")
-            w = np.array([float(self.loss_weights.get(t, 1.0)) for t in names])
-        else:
-            w = np.asarray(self.loss_weights, dtype=float).ravel()
-            if len(w) != len(names):
-                raise ValueError(f"loss_weights has {len(w)} entries for {len(names)} targets.")
-        if (w < 0).any() or not np.isfinite(w).all():
-            raise ValueError("loss_weights must be finite and >= 0.")
-        return w
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Train the head.
@@ -192,59 +151,23 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         from skddh.models import _torch as T
 
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-        ydf, names, cls = self._targets(y)
-        if len(ydf) != len(X):
-            raise ValueError(f"X has {len(X)} samples but y has {len(ydf)}.")
-        reg = [t for t in names if t not in cls]
-        y_reg = ydf[reg].to_numpy(dtype=float) if reg else np.zeros((len(X), 0))
-        bad = ~np.isfinite(y_reg)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise ValueError(f"y has a NaN or infinite value at row {row}, target {reg[col]!r}.")
-        self.classes_, codes = {}, []
-        for t in cls:
-            col = ydf[t]
-            if col.isna().any():
-                raise ValueError(f"y has a missing class label at row {int(col.isna().argmax())}.")
-            classes, code = np.unique(col.to_numpy(), return_inverse=True)
-            self.classes_[t] = classes
-            codes.append(code)
-        weights = self._weights(names)
-        self.target_names_ = np.asarray(names, dtype=object)
-        self._reg, self._cls = reg, cls
+        y_std, y_cls, w_reg, w_cls = self._encode_targets(y, len(X))
         self.x_mean_ = X.mean(0)
         # Frozen-encoder features often hold near-constant dimensions; dividing by their tiny
         # spread would blow small test-time differences up, so the scale has a floor.
         sd = X.std(0)
         floor = max(1e-2 * float(sd.mean()), 1e-6)
         self.x_scale_ = np.maximum(sd, floor).astype(np.float32)
-        self.y_mean_ = y_reg.mean(0) if self.standardize_targets else np.zeros(len(reg))
-        sd = y_reg.std(0) if len(y_reg) else np.ones(len(reg))
-        self.y_scale_ = (
-            np.where(sd > 1e-12, sd, 1.0) if self.standardize_targets else np.ones(len(reg))
-        )
 
         device = T.resolve_device(self.device)
         seed = T.seed_from(self.random_state)
-        n_out = len(reg) + sum(len(self.classes_[t]) for t in cls)
         with T.seeded(seed):
-            module = _build_module(X.shape[1], self.hidden, self.dropout, n_out)
+            module = _build_module(X.shape[1], self.hidden, self.dropout, self._n_outputs)
         module = module.to(device)
         xt = torch.from_numpy((X - self.x_mean_) / self.x_scale_).to(device)
-        yr = torch.from_numpy(((y_reg - self.y_mean_) / self.y_scale_).astype(np.float32)).to(
-            device
-        )
-        yc = torch.from_numpy(np.stack(codes, 1) if codes else np.zeros((len(X), 0), int)).to(
-            device
-        )
-        w_reg = torch.tensor(
-            weights[[names.index(t) for t in reg]], dtype=torch.float32, device=device
-        )
-        w_cls = [float(weights[names.index(t)]) for t in cls]
+        yr = torch.from_numpy(y_std).to(device)
+        yc = torch.from_numpy(y_cls).to(device)
+        w_reg = torch.from_numpy(w_reg).to(device)
         optim = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         gen = T.generator(torch.device("cpu"), seed + 1)
         n, bs = len(X), min(self.batch_size, len(X))
@@ -274,18 +197,6 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         )
         return self
 
-    def _loss(self, out, yr, yc, w_reg, w_cls):
-        import torch.nn.functional as F
-
-        k = yr.shape[1]
-        loss = (out[:, :k] - yr).abs().mean(0) @ w_reg if k else out.sum() * 0
-        start = k
-        for j, t in enumerate(self._cls):
-            m = len(self.classes_[t])
-            loss = loss + w_cls[j] * F.cross_entropy(out[:, start : start + m], yc[:, j])
-            start += m
-        return loss
-
     # ---- prediction ---------------------------------------------------------------------
     def _forward(self, X):
         import torch
@@ -307,18 +218,7 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples,) or (n_samples, n_targets), columns in ``target_names_``
         """
-        out = self._forward(X)
-        k = len(self._reg)
-        cols = {t: out[:, j] * self.y_scale_[j] + self.y_mean_[j] for j, t in enumerate(self._reg)}
-        start = k
-        for t in self._cls:
-            m = len(self.classes_[t])
-            cols[t] = self.classes_[t][out[:, start : start + m].argmax(1)]
-            start += m
-        pred = np.column_stack([cols[t] for t in self.target_names_])
-        if all(np.asarray(cols[t]).dtype.kind in "iuf" for t in self.target_names_):
-            pred = pred.astype(float)
-        return pred[:, 0] if self._y_1d else pred
+        return self._decode(self._forward(X))
 
     @available_if(lambda self: len(self.classification_targets) > 0)
     def predict_proba(self, X):
@@ -329,15 +229,7 @@ class MeasurementRegressor(RegressorMixin, BaseEstimator):
         ndarray of shape (n_samples, n_classes) for one classification target, else a list
         of them in the order of ``classification_targets``.
         """
-        out = self._forward(X)
-        start, probs = len(self._reg), []
-        for t in self._cls:
-            m = len(self.classes_[t])
-            logits = out[:, start : start + m]
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            probs.append(e / e.sum(1, keepdims=True))
-            start += m
-        return probs[0] if len(probs) == 1 else probs
+        return self._probabilities(self._forward(X))
 
     def __getstate__(self):
         from skddh.models import _torch as T

@@ -19,12 +19,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
+from skddh.models import _batches as B
 from skddh.models._images import ImageSource
-
-# Keep resident-on-GPU uint8 data under this share of free device memory.
-_RESIDENT_SHARE = 0.4
-# Decode a lazy array-like once when it is at most this large (bytes), else stream it.
-_MATERIALIZE_BYTES = 8 * 2**30
 
 
 def _build(backbone, in_chans, proj_dim, pred_dim):
@@ -61,8 +57,9 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         Any timm model name (``resnet18`` and ``convnext_tiny`` are tested). Always built with
         ``pretrained=False``: nothing is downloaded, ever. ``in_chans`` comes from the data.
     image_size : int, default=224
-        Side of the square views the encoder sees (arrays are resized on the device; file
-        images are letterboxed when read).
+        Side of the square views the encoder sees. Arrays are letterboxed on the device
+        (padded to a square, then resized) exactly as files are when read, so an image that is
+        not square keeps its angles.
     epochs : int, default=10
     batch_size : int, default=256
         Halved, with a warning, on a device out-of-memory error.
@@ -85,7 +82,10 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` uses CUDA when available.
     precision : {"auto", "fp32", "bf16"}, default="auto"
-        ``"auto"``: bf16 autocast on CUDA, float32 elsewhere.
+        Training precision. ``"auto"``: bf16 autocast on CUDA, float32 elsewhere (decided
+        once, in ``fit``: ``precision_``). ``transform`` computes float32 features unless
+        ``"bf16"`` is asked for explicitly, so a model fitted on a GPU gives the same
+        features on a CPU.
     compile : bool, default=False
         ``torch.compile`` the training step's model.
     random_state : int, RandomState instance or None, default=None
@@ -106,6 +106,10 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         Image channels seen in ``fit``.
     device_ : str
         Device fitted on.
+    precision_ : {"fp32", "bf16"}
+        Precision the encoder was trained in.
+    n_steps_ : int
+        Optimiser steps taken (the cosine schedule reaches 0 at the last one).
 
     References
     ----------
@@ -257,11 +261,13 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
             weight_decay=self.weight_decay,
         )
         step_fn = self._make_step(model, predictor, optim, device, amp, aug, augment, normalize)
-        data = self._stage(src, device)
+        data = B.stage(src, device)
         gen = T.generator(device, seed + 1)
         cpu_gen = T.generator(torch.device("cpu"), seed + 2)
         history = []
-        total_steps = self.epochs * max(1, src.n // batch)
+        # The schedule counts the steps the loop takes (a last batch of one image is
+        # skipped), and is recounted when an out-of-memory error halves the batch.
+        total_steps = self.epochs * B.steps_per_epoch(src.n, batch)
         step_i = 0
         for epoch in range(self.epochs):
             model.train()
@@ -272,12 +278,10 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
             start = 0
             while start + 2 <= src.n:
                 idx = order[start : start + batch]
-                if len(idx) < 2:
-                    break
                 lr = base_lr * 0.5 * (1 + np.cos(np.pi * min(step_i, total_steps) / total_steps))
                 for g in optim.param_groups:
                     g["lr"] = base_lr if g["fix_lr"] else lr
-                x = self._batch(data, src, idx, device)
+                x = B.take(data, src, idx, device, self.image_size)
                 try:
                     loss = step_fn(x, gen)
                 except RuntimeError as exc:  # out of memory: halve the batch, go on
@@ -288,6 +292,10 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     batch //= 2
+                    left = B.steps_per_epoch(src.n - start, batch)
+                    total_steps = (
+                        step_i + left + (self.epochs - epoch - 1) * B.steps_per_epoch(src.n, batch)
+                    )
                     warnings.warn(
                         f"out of memory on {device}: batch_size halved to {batch}.",
                         RuntimeWarning,
@@ -323,6 +331,8 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         self.n_features_out_ = int(encoder.num_features)
         self.n_channels_in_ = src.channels
         self.device_ = str(device)
+        self.precision_ = "fp32" if amp is None else "bf16"
+        self.n_steps_ = step_i
         return self
 
     def _make_step(self, model, predictor, optim, device, amp, aug, augment, normalize):
@@ -359,43 +369,6 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
 
         return step
 
-    def _stage(self, src, device):
-        """Put the training images where batches are cheapest to take from."""
-        import torch
-
-        if src.paths is not None:
-            return None  # streamed from disk per batch
-        if not src.in_memory:
-            if src.nbytes > _MATERIALIZE_BYTES:
-                return None
-            src.materialize()
-        arr = np.ascontiguousarray(src.array)
-        if arr.ndim == 3:
-            arr = arr[:, None]
-        t = torch.from_numpy(arr)
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if t.nbytes < _RESIDENT_SHARE * free:
-                return t.to(device)  # uint8 stays uint8 on the GPU: 4x less than float
-            return t.pin_memory()
-        return t
-
-    def _batch(self, data, src, idx, device):
-        """A float [0, 1] batch at ``image_size`` on ``device``."""
-        import torch
-        import torch.nn.functional as F
-
-        if data is None:
-            x = torch.from_numpy(src.read(np.sort(idx.numpy())))
-        else:
-            x = data[idx.to(data.device)]
-        x = x.to(device, non_blocking=True).float() / src.scale()
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
-            )
-        return x
-
     def _progress(self, epoch, n):
         if not self.verbose:
             return None
@@ -428,7 +401,10 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
                 f"{self.n_channels_in_}."
             )
         device = T.resolve_device(self.device)
-        amp = T.resolve_dtype(self.precision, device)
+        # Features are float32 unless bf16 was asked for explicitly: "auto" decides bf16 at
+        # fit time on a GPU, and a model calibrated there must give the same features on a
+        # CPU (a precision shift is a feature shift the conformal guarantee does not cover).
+        amp = T.resolve_dtype("bf16", device) if self.precision == "bf16" else None
         encoder = self.encoder_.to(device).eval()
         cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         out = np.empty((src.n, self.n_features_out_), np.float32)
@@ -436,21 +412,11 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         with torch.inference_mode():
             for start in range(0, src.n, step):
                 sl = slice(start, min(src.n, start + step))
-                x = torch.from_numpy(np.ascontiguousarray(src.read(sl)))
-                x = self._resize(x.to(device, non_blocking=True).float() / src.scale())
+                x = B.read(src, sl, device, self.image_size)
                 with T.autocast(device, amp):
                     f = encoder(normalize(x).contiguous(memory_format=cl))
                 out[sl] = T.to_numpy(f)
         return out
-
-    def _resize(self, x):
-        import torch.nn.functional as F
-
-        if x.shape[-1] == self.image_size and x.shape[-2] == self.image_size:
-            return x
-        return F.interpolate(
-            x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
-        )
 
     def get_feature_names_out(self, input_features=None):
         """``simsiam0`` ... ``simsiam{d-1}``."""
