@@ -1,10 +1,11 @@
 """The README's demo tables, from ``skddh reproduce`` output over seeds (no number typed by hand).
 
 Run ``python docs/make_readme_results.py --seeds 0 1 2`` to run ``skddh reproduce --scale
-small --seed S`` for each seed (into ``skddh_out/readme_seed_S``), aggregate the tables (mean
-and spread over seeds), write ``docs/results/readme_demo.csv`` and rewrite the block between
-the ``demo-table`` markers in ``README.md``. ``--reuse`` aggregates existing output folders
-without rerunning. ``tests/test_readme.py`` checks that the README's block is exactly what
+small --seeds 0 1 2 --out skddh_out/readme`` (one run per seed, in ``seed_S/``), aggregate the
+tables (mean and spread over seeds), write ``docs/results/readme_demo.csv``, copy the
+headline figure to ``docs/images/readme_headline.png`` and rewrite the block between the
+``demo-table`` markers in ``README.md``. ``--reuse`` aggregates an existing run.
+``tests/test_readme.py`` checks that the README's block is exactly what
 :func:`render` makes of the committed CSV.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +33,11 @@ ROWS = {
     "alpha-only 0.35": ("alpha", 0.35, 0.35),
     "OR 0.35/0.35": ("or", 0.35, 0.35),
     "OR 0.40/0.40": ("or", 0.40, 0.40),
+}
+HEADLINE_COLUMNS = {
+    "passed": "passed on ultrasound",
+    "missed_of_all": "missed (of all hips)",
+    "oracle": "truly normal (oracle, for scale)",
 }
 COLUMNS = {
     "us_pass_rate": "ultrasound pass rate",
@@ -62,6 +69,12 @@ def collect(out_dirs: list[Path]) -> pd.DataFrame:
                         value=float(hit[col].iloc[0]),
                     )
                 )
+        head = pd.read_csv(d / "headline.csv")
+        for _, r in head.iterrows():
+            for col in HEADLINE_COLUMNS:
+                records.append(
+                    dict(run=d.name, table="headline", row=r.policy, column=col, value=r[col])
+                )
         mae = pd.read_csv(d / "mae.csv")
         for _, r in mae.iterrows():
             records.append(
@@ -89,8 +102,21 @@ def render(results: pd.DataFrame, machine: str, command: str) -> str:
         return f"{v.mean():.2f} ({v.min():.2f}-{v.max():.2f})"
 
     pol = results[results.table == "policy"]
+    head = results[results.table == "headline"]
     lines = [
         f"Mean (min-max) over {n_runs} seeds of `{command}`, on {machine}.",
+        "",
+        "| hips passed with a guarantee (test hips) | "
+        + " | ".join(HEADLINE_COLUMNS.values())
+        + " |",
+        "|---|" + "---:|" * len(HEADLINE_COLUMNS),
+    ]
+    for row in head.row.unique():
+        cells = [cell(head[(head.row == row) & (head.column == c)]) for c in HEADLINE_COLUMNS]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "![hips passed with a guarantee](docs/images/readme_headline.png)",
         "",
         "| policy on the 76 matched test pairs | " + " | ".join(COLUMNS.values()) + " |",
         "|---|" + "---:|" * len(COLUMNS),
@@ -126,27 +152,17 @@ def main(argv=None) -> int:
     parser.add_argument("--reuse", action="store_true", help="aggregate existing outputs")
     parser.add_argument("--machine", default=f"{platform.machine()}, {platform.node()}")
     args = parser.parse_args(argv)
-    dirs = [ROOT / "skddh_out" / f"readme_seed_{s}" for s in args.seeds]
-    for seed, d in zip(args.seeds, dirs):
-        if args.reuse and (d / "policy.csv").exists() and not (d / "INCOMPLETE").exists():
-            continue
+    out = ROOT / "skddh_out" / "readme"
+    dirs = [out / f"seed_{s}" for s in args.seeds]
+    if not (args.reuse and (out / "report.md").exists() and not (out / "INCOMPLETE").exists()):
         t = time.perf_counter()
-        cmd = [
-            sys.executable,
-            "-m",
-            "skddh",
-            "reproduce",
-            "--scale",
-            "small",
-            "--seed",
-            str(seed),
-            "--out",
-            str(d),
-        ]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
+        seeds = [str(s) for s in args.seeds]
+        cmd = [sys.executable, "-m", "skddh", "reproduce", "--scale", "small", "--seeds", *seeds]
+        subprocess.run([*cmd, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+        print(f"{len(seeds)} seeds: {time.perf_counter() - t:.0f} s", flush=True)
+    shutil.copyfile(out / "headline.png", ROOT / "docs" / "images" / "readme_headline.png")
     results = collect(dirs)
-    command = "skddh reproduce --scale small --seed S"
+    command = "skddh reproduce --scale small --seeds " + " ".join(map(str, args.seeds))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("w") as f:
         f.write(f"# machine: {args.machine}\n# command: {command}\n")

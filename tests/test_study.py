@@ -8,8 +8,17 @@ from skddh.studies import run_study, write_report
 from skddh.studies.ddh import POLICY_GRID
 from skddh.studies.headline import headline_table
 
+# The study's default ultrasound model (fine-tuning), one epoch; the CLI tests' tiny scale
+# leaves ``us_model`` out and so runs the frozen-head path.
 TINY = dict(
-    image_size=32, n_registry_us=96, n_registry_xr=64, epochs=1, batch_size=32, head_epochs=30
+    image_size=32,
+    n_registry_us=96,
+    n_registry_xr=64,
+    epochs=1,
+    batch_size=32,
+    head_epochs=30,
+    us_model="finetune",
+    finetune_epochs=1,
 )
 
 
@@ -26,6 +35,12 @@ def test_every_table_is_there(tiny_study):
     assert r.n_pairs == 76
     assert len(r.policy) == len(POLICY_GRID)
     assert set(r.timings) >= {"cohort", "pretrain ultrasound encoder", "evaluation"}
+    assert r.us_model == "FineTuningRegressor"
+
+
+def test_unknown_ultrasound_model_is_named():
+    with pytest.raises(ValueError, match="us_model must be one of"):
+        run_study({**TINY, "us_model": "resnet"}, device="cpu", verbose=0, log=lambda *_: None)
 
 
 def test_qualitative_shape_of_the_paper(tiny_study):

@@ -139,8 +139,9 @@ class MeasureAugmentParams:
     Graf's alpha and beta are angles between lines drawn in the image, and femoral head
     coverage is a ratio of lengths along one line: a rotation, an isotropic zoom and a shift
     of the whole image keep all three, and so do intensity changes (gain, brightness, gamma)
-    and mild noise. A crop with a random aspect ratio does not (it shears angles), and
-    neither does a flip for a model trained on right-oriented hips, so neither is drawn.
+    and mild noise. A crop with a random aspect ratio does not (it shears angles), so it is
+    not drawn. A flip keeps the labels, but the cohort presents every hip in one orientation
+    (left hips are mirrored), so it would only add views no test image has; not drawn either.
     """
 
     rotation: float = 15.0

@@ -29,7 +29,7 @@ from sklearn.frozen import FrozenEstimator
 from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRegressor
 from skddh.datasets import make_hip_cohort
 from skddh.metrics import coverage, missed_rate, pass_rate
-from skddh.models import MeasurementRegressor, SimSiamFeaturizer
+from skddh.models import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer
 from skddh.policy import DEFAULT_THRESHOLDS, apply_rule
 from skddh.studies.headline import headline_table, policy_key
 
@@ -45,6 +45,8 @@ SCALES = {
         batch_size=64,
         lr=0.2,
         head_epochs=100,
+        us_model="finetune",
+        finetune_epochs=60,
     ),
     "paper": dict(
         image_size=224,
@@ -54,8 +56,15 @@ SCALES = {
         batch_size=256,
         lr=0.05,
         head_epochs=100,
+        us_model="finetune",
+        finetune_epochs=60,
     ),
 }
+#: How the ultrasound measurements are learnt: ``"finetune"`` trains the SimSiam-initialised
+#: encoder and head end to end with label-preserving augmentation (FineTuningRegressor);
+#: ``"head"`` is the paper's frozen encoder + MLP head (the default of a scale dict without
+#: the key). The X-ray model is the paper's frozen encoder + head in both.
+US_MODELS = ("finetune", "head")
 
 #: The paper's reported figures (DOMAIN.md section 0), for the report.
 PAPER = {
@@ -106,6 +115,8 @@ class StudyResult:
     calibration_methods: pd.DataFrame | None = None
     #: Calibration subjects of the split (``n_calibration`` counts their images).
     n_calibration_subjects: int | None = None
+    #: The ultrasound model's class (``FineTuningRegressor`` or ``MeasurementRegressor``).
+    us_model: str = "MeasurementRegressor"
     #: Hips passed with a guarantee: the alpha rule at 0.10 and AND at 0.10/0.10 on the
     #: matched test pairs, with the oracle's share (:func:`~skddh.studies.headline.headline_table`).
     headline: pd.DataFrame | None = None
@@ -140,6 +151,24 @@ def _head(cfg, device, seed, classification=()):
         device=device,
         random_state=seed,
     )
+
+
+def _us_model(cfg, device, seed, encoder):
+    """The ultrasound model and what it reads: images (fine-tuning) or frozen features."""
+    kind = cfg.get("us_model", "head")
+    if kind not in US_MODELS:
+        raise ValueError(f"us_model must be one of {US_MODELS}, got {kind!r}.")
+    if kind == "head":
+        return _head(cfg, device, seed), "features"
+    model = FineTuningRegressor(
+        encoder=FrozenEstimator(encoder),
+        image_size=cfg["image_size"],
+        epochs=cfg.get("finetune_epochs", 40),
+        batch_size=32,
+        device=device,
+        random_state=seed,
+    )
+    return model, "images"
 
 
 def _mask(split, name):
@@ -184,6 +213,8 @@ def run_study(
     """
     cfg = SCALES[scale] if isinstance(scale, str) else dict(scale)
     name = scale if isinstance(scale, str) else "custom"
+    if cfg.get("us_model", "head") not in US_MODELS:  # before minutes of pretraining
+        raise ValueError(f"us_model must be one of {US_MODELS}, got {cfg['us_model']!r}.")
     t = {}
     with _stage(t, "cohort", log):
         cohort = make_hip_cohort(
@@ -202,32 +233,38 @@ def run_study(
         f_us = enc_us.transform(us.images)
         f_xr = enc_xr.transform(xr.images)
     subject = np.asarray(us.subject)
+    us_model, reads = _us_model(cfg, device, seed, enc_us)
+    x_us = us.images if reads == "images" else f_us  # what every ultrasound model reads
     with _stage(t, "heads and calibration", log):
         tr, cal = _mask(us.split, "train"), _mask(us.split, "calibration")
-        head_us = _head(cfg, device, seed).fit(f_us[tr], us.targets[tr])
+        head_us = us_model.fit(x_us[tr], us.targets[tr])
         # The paper's: one score per image, affine correction fitted on the scored images.
         model = OneSidedConformalRegressor(
             FrozenEstimator(head_us),
             delta=METHODS_DELTA,
             calibration_unit="image",
             bias_correction="affine",
-        ).fit(f_us[cal], us.targets[cal])
+        ).fit(x_us[cal], us.targets[cal])
         with _quiet_unbounded():  # 7 subjects cannot support delta = 0.10; the table says so
             exact = OneSidedConformalRegressor(
                 FrozenEstimator(head_us), delta=METHODS_DELTA, calibration_unit="subject-max"
-            ).fit(f_us[cal], us.targets[cal], groups=subject[cal])
+            ).fit(x_us[cal], us.targets[cal], groups=subject[cal])
         xtr = _mask(xr.split, "train")
         head_xr = _head(cfg, device, seed, classification=("ihdi",)).fit(f_xr[xtr], xr.targets[xtr])
     with _stage(t, "cross-conformal heads (CV+)", log):
         fit_cal = tr | cal  # every non-test subject fits and calibrates
         cv_plus = OneSidedCrossConformalRegressor(
-            _head(cfg, device, seed), delta=METHODS_DELTA, cv=CV_FOLDS, random_state=seed
-        ).fit(f_us[fit_cal], us.targets[fit_cal], groups=subject[fit_cal])
+            _us_model(cfg, device, seed, enc_us)[0],
+            delta=METHODS_DELTA,
+            cv=CV_FOLDS,
+            random_state=seed,
+        ).fit(x_us[fit_cal], us.targets[fit_cal], groups=subject[fit_cal])
     with _stage(t, "evaluation", log):
-        result = _evaluate(cohort, f_us, f_xr, model, head_xr)
+        result = _evaluate(cohort, x_us, f_xr, model, head_xr)
         result["calibration_methods"] = _calibration_methods(
-            cohort, f_us, [("paper", model), ("split", exact), ("cv+", cv_plus)]
+            cohort, x_us, [("paper", model), ("split", exact), ("cv+", cv_plus)]
         )
+        result["us_model"] = type(head_us).__name__
         result["n_calibration_subjects"] = exact.n_calibration_
     result.update(
         scale=name,
@@ -267,7 +304,7 @@ _GUARANTEES = {
 }
 
 
-def _calibration_methods(cohort, f_us, models) -> pd.DataFrame:
+def _calibration_methods(cohort, x_us, models) -> pd.DataFrame:
     """One row per calibration method at ``METHODS_DELTA``: radius, coverage, alpha rule.
 
     ``q_plus_*`` is the median over test images of ``predict - lower``: the split methods'
@@ -288,9 +325,9 @@ def _calibration_methods(cohort, f_us, models) -> pd.DataFrame:
     for key, model in models:
         names = list(model.target_names_)
         with _quiet_unbounded():
-            comp = model.predict_components(f_us[te])
+            comp = model.predict_components(x_us[te])
             lb = pd.DataFrame(model.lower_from_components(comp, METHODS_DELTA), columns=names)
-            lb_pairs = pd.DataFrame(model.predict_lower(f_us[idx], METHODS_DELTA), columns=names)
+            lb_pairs = pd.DataFrame(model.predict_lower(x_us[idx], METHODS_DELTA), columns=names)
         pred = pd.DataFrame(comp if comp.ndim == 2 else comp.mean(axis=1), columns=names)
         hit = y_te[names].to_numpy() >= lb.to_numpy()
         by_subject = pd.DataFrame(hit, columns=names).groupby(subject_te).all().mean()
@@ -322,10 +359,10 @@ def _calibration_methods(cohort, f_us, models) -> pd.DataFrame:
     return table
 
 
-def _evaluate(cohort, f_us, f_xr, model, head_xr):
+def _evaluate(cohort, x_us, f_xr, model, head_xr):
     us, xr = cohort.us, cohort.xr
     te, xte = _mask(us.split, "test"), _mask(xr.split, "test")
-    pred_us = pd.DataFrame(model.predict(f_us[te]), columns=model.target_names_)
+    pred_us = pd.DataFrame(model.predict(x_us[te]), columns=model.target_names_)
     y_us = us.targets[te].reset_index(drop=True)
     pred_xr = pd.DataFrame(head_xr.predict(f_xr[xte]), columns=head_xr.target_names_)
     y_xr = xr.targets[xte].reset_index(drop=True)
@@ -361,7 +398,7 @@ def _evaluate(cohort, f_us, f_xr, model, head_xr):
 
     cov_rows = []
     for d in DELTAS:
-        lb = model.predict_lower(f_us[te], delta=d)
+        lb = model.predict_lower(x_us[te], delta=d)
         cov = coverage(y_us, lb)
         cov_rows.append({"delta": d, "nominal": 1 - d, **cov.to_dict()})
     cov_table = pd.DataFrame(cov_rows).set_index("delta")
@@ -377,7 +414,7 @@ def _evaluate(cohort, f_us, f_xr, model, head_xr):
     pol_rows, passed_by = [], {}
     for rule, d_a, d_c in POLICY_GRID:
         delta = {"alpha": d_a, "beta": 0.10, "coverage": d_c}
-        lb = pd.DataFrame(model.predict_lower(f_us[idx], delta=delta), columns=model.target_names_)
+        lb = pd.DataFrame(model.predict_lower(x_us[idx], delta=delta), columns=model.target_names_)
         passed = apply_rule(lb, DEFAULT_THRESHOLDS, rule)
         cov = coverage(y_pairs, lb[["alpha", "coverage"]].to_numpy())
         key = policy_key(rule, d_a, d_c)

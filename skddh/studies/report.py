@@ -19,6 +19,12 @@ from skddh.studies.headline import headline_figure
 
 __all__ = ["write_report"]
 
+_US_MODEL_TEXT = {
+    "FineTuningRegressor": "SimSiam-initialised encoder and head fine-tuned end to end with "
+    "label-preserving augmentation (`FineTuningRegressor`)",
+    "MeasurementRegressor": "frozen SimSiam encoder + MLP head (the paper's recipe)",
+}
+
 #: What the headline table's columns mean (shared with the report over seeds).
 HEADLINE_NOTES = """\
 - `passed`: share of the test hips (matched pairs) passed on ultrasound by the rule;
@@ -203,7 +209,9 @@ def write_report(result: StudyResult, out: str | Path) -> Path:
     of_subjects = "" if n_subj is None else f" of {n_subj} subjects"
     text = f"""# skddh reproduce: report
 
-Scale `{result.scale}`, device `{result.device}`, seed {result.seed}. Synthetic cohort
+Scale `{result.scale}`, device `{result.device}`, seed {result.seed}. Ultrasound model:
+{_US_MODEL_TEXT.get(result.us_model, result.us_model)}; X-ray: frozen SimSiam encoder + MLP
+head (the paper's). Synthetic cohort
 (`make_hip_cohort`), so "paper" columns are the DDH paper's figures on its real data
 (arXiv 2511.18457), shown for shape, not as a target to match digit for digit.
 

@@ -1,0 +1,248 @@
+"""How many labelled subjects does each method need? MAE against the labelled-subject budget.
+
+Question: at the paper's label budget (30 labelled subjects) and around it, which way of
+training the measurement model predicts Graf alpha, beta and femoral head coverage best on
+held-out subjects, and how far is each from the median predictor and from a model trained
+on every labelled subject?
+Baseline: the median predictor (the training labels' median), in the same run; every MAE is
+also given as a ratio to it.
+
+Methods (each on the same nested training subjects, the same test subjects, per seed):
+
+- ``median``: the training labels' median;
+- ``scratch+aug``: :class:`~skddh.FineTuningRegressor` from a fresh backbone, with
+  label-preserving augmentation;
+- ``simsiam+head``: the paper's recipe, frozen :class:`~skddh.SimSiamFeaturizer` features and a
+  :class:`~skddh.MeasurementRegressor` head;
+- ``simsiam+finetune``: :class:`~skddh.FineTuningRegressor` initialised from that encoder;
+- ``all-labels``: ``scratch+aug`` on every non-test subject (the reference the registry has
+  to buy back).
+
+Self-training on the registry (``SelfTrainingRegressor``) joins the table once it exists.
+
+The SimSiam encoder is pretrained once per seed on the unlabelled registry. Training sets
+are nested (the first k subjects of one random order), so the curves compare like with like.
+Results: mean and spread over seeds, a CSV (``--out``) and a PNG plot.
+
+    python benchmarks/bench_label_efficiency.py [--size 64] [--subjects 10 30 100 300]
+        [--seeds 0 1 2] [--methods ...] [--device auto] [--out bench_out/label_efficiency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.frozen import FrozenEstimator
+
+from skddh import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer, make_hip_cohort
+
+TARGETS = ["alpha", "beta", "coverage"]
+METHODS = ["median", "scratch+aug", "simsiam+head", "simsiam+finetune", "all-labels"]
+
+
+def _steps_epochs(n_images, batch, steps, max_epochs):
+    """Epochs that give about ``steps`` optimiser steps (small sets need many epochs)."""
+    per_epoch = max(1, int(np.ceil(n_images / batch)))
+    return int(np.clip(round(steps / per_epoch), 1, max_epochs))
+
+
+def _finetune(args, seed, n_images, encoder=None):
+    return FineTuningRegressor(
+        encoder=None if encoder is None else FrozenEstimator(encoder),
+        backbone=args.backbone,
+        image_size=args.size,
+        epochs=_steps_epochs(n_images, args.batch_size, args.steps, args.max_epochs),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        encoder_lr=args.encoder_lr,
+        device=args.device,
+        random_state=seed,
+    )
+
+
+def run_seed(args, seed):
+    """One seed: cohort, SimSiam, then every method at every budget. Long-format rows."""
+    n_subjects = max(args.subjects) + args.test_subjects
+    t = time.perf_counter()
+    cohort = make_hip_cohort(
+        n_subjects=n_subjects,
+        image_size=args.size,
+        n_registry_us=args.n_registry,
+        n_registry_xr=2,
+        n_jobs=-1,
+        random_state=seed,
+    )
+    us = cohort.us
+    images, y = us.images, us.targets[TARGETS].reset_index(drop=True)
+    subject = np.asarray(us.subject)
+    order = np.random.default_rng(seed).permutation(np.unique(subject))
+    test = np.isin(subject, order[: args.test_subjects])
+    pool = order[args.test_subjects :]
+    print(f"seed {seed}: cohort {time.perf_counter() - t:.0f} s", flush=True)
+    rows = []
+
+    def score(method, k, pred, secs, n_img):
+        mae = np.abs(np.asarray(pred, float) - y[test].to_numpy()).mean(0)
+        for j, name in enumerate(TARGETS):
+            rows.append(
+                dict(
+                    seed=seed,
+                    method=method,
+                    subjects=k,
+                    images=n_img,
+                    measurement=name,
+                    mae=mae[j],
+                    seconds=secs,
+                )
+            )
+
+    sim = None
+    if {"simsiam+head", "simsiam+finetune"} & set(args.methods):
+        t = time.perf_counter()
+        sim = SimSiamFeaturizer(
+            args.backbone,
+            image_size=args.size,
+            epochs=args.simsiam_epochs,
+            batch_size=64,
+            lr=0.2,
+            device=args.device,
+            random_state=seed,
+        ).fit(cohort.registry_us)
+        feats = sim.transform(images)
+        print(f"seed {seed}: SimSiam {time.perf_counter() - t:.0f} s", flush=True)
+    budgets = [(k, pool[:k]) for k in args.subjects]
+    if "all-labels" in args.methods:
+        budgets.append((len(pool), pool))
+    for k, chosen in budgets:
+        tr = np.isin(subject, chosen)
+        n_img = int(tr.sum())
+        is_ref = k == len(pool) and k not in args.subjects
+        todo = ["all-labels"] if is_ref else [m for m in args.methods if m != "all-labels"]
+        for method in todo:
+            t = time.perf_counter()
+            if method == "median":
+                pred = np.tile(y[tr].median().to_numpy(), (int(test.sum()), 1))
+            elif method in ("scratch+aug", "all-labels"):
+                pred = _finetune(args, seed, n_img).fit(images[tr], y[tr]).predict(images[test])
+            elif method == "simsiam+head":
+                head = MeasurementRegressor(device=args.device, random_state=seed)
+                pred = head.fit(feats[tr], y[tr]).predict(feats[test])
+            elif method == "simsiam+finetune":
+                model = _finetune(args, seed, n_img, encoder=sim)
+                pred = model.fit(images[tr], y[tr]).predict(images[test])
+            else:
+                raise ValueError(f"unknown method {method!r}")
+            secs = time.perf_counter() - t
+            score(method, k, pred, secs, n_img)
+            last = rows[-3:]
+            print(
+                f"seed {seed} {method:>17} {k:>4} subjects ({n_img:>4} images): "
+                + " ".join(f"{r['measurement']} {r['mae']:.2f}" for r in last)
+                + f"  [{secs:.0f} s]",
+                flush=True,
+            )
+    return rows
+
+
+def summarise(raw: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std, min and max over seeds, with each seed's ratio to its own median MAE."""
+    med = raw[raw.method == "median"].set_index(["seed", "subjects", "measurement"]).mae
+    ref = raw.set_index(["seed", "subjects", "measurement"]).index
+    raw = raw.assign(ratio=raw.mae.to_numpy() / med.reindex(ref).to_numpy())
+    g = raw.groupby(["measurement", "method", "subjects"], sort=False)
+    out = g.mae.agg(["mean", "std", "min", "max", "count"]).add_prefix("mae_")
+    out["ratio_mean"] = g.ratio.mean()
+    out["seconds_mean"] = g.seconds.mean()
+    return out.reset_index()
+
+
+def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4.2 * len(TARGETS), 3.6), sharex=True)
+    for ax, name in zip(axes, TARGETS):
+        sub = summary[summary.measurement == name]
+        for method in METHODS:
+            m = sub[sub.method == method].sort_values("subjects")
+            if m.empty:
+                continue
+            x, mean = m.subjects.to_numpy(), m.mae_mean.to_numpy()
+            err = [mean - m.mae_min.to_numpy(), m.mae_max.to_numpy() - mean]
+            style = dict(marker="o", capsize=3)
+            if method == "all-labels":
+                style = dict(marker="*", markersize=10, linestyle="none", capsize=3)
+            ax.errorbar(x, mean, yerr=err, label=method, **style)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training subjects")
+        ax.set_title(name)
+    axes[0].set_ylabel("test MAE (mean, min-max over seeds)")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--subjects", type=int, nargs="+", default=[10, 30, 100, 300])
+    ap.add_argument("--test-subjects", type=int, default=100)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--n-registry", type=int, default=2000, help="unlabelled US images")
+    ap.add_argument("--simsiam-epochs", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=600, help="fine-tuning optimiser steps")
+    ap.add_argument("--max-epochs", type=int, default=150)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--encoder-lr", type=float, default=3e-4)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=Path("bench_out/label_efficiency"))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    machine = f"{platform.machine()} {platform.node()}, {os.cpu_count()} CPUs, device {args.device}"
+    title = (
+        f"{machine}; {args.size} px, {args.backbone}; fine-tuning ~{args.steps} steps; "
+        f"SimSiam {args.simsiam_epochs} epochs on {args.n_registry} images; "
+        f"seeds {args.seeds}; {args.test_subjects} test subjects"
+    )
+    print(title, flush=True)
+    t0 = time.perf_counter()
+    raw = pd.DataFrame([r for s in args.seeds for r in run_seed(args, s)])
+    summary = summarise(raw)
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw.to_csv(args.out / "raw.csv", index=False)
+    summary.to_csv(args.out / "summary.csv", index=False)
+    plot(summary, args.out / "label_efficiency.png", title)
+    cell = summary.assign(
+        cell=[
+            f"{r.mae_mean:.2f} ({r.mae_min:.2f}-{r.mae_max:.2f}) x{r.ratio_mean:.2f}"
+            for r in summary.itertuples()
+        ]
+    )
+    wide = cell.pivot_table(
+        index=["measurement", "method"],
+        columns="subjects",
+        values="cell",
+        aggfunc="first",
+        sort=False,
+    )
+    print("\nMAE on the test subjects: mean (min-max) over seeds, x ratio to the median's")
+    print(wide.to_string())
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
