@@ -29,7 +29,8 @@ Loading checks, each failure a :class:`ValueError` that names the member and the
 file is a zip holding exactly those two members; ``metadata.json`` is strict JSON (no
 duplicate keys, no ``NaN`` literals) of a known format version; every class is one of
 ``SelectiveImagingPolicy``, ``OneSidedConformalRegressor``, ``FrozenEstimator``,
-``Pipeline``, ``SimSiamFeaturizer``, ``MeasurementRegressor``; every parameter is one the
+``Pipeline``, ``SimSiamFeaturizer``, ``MeasurementRegressor``, ``FineTuningRegressor``;
+every parameter is one the
 class takes and passes its validation; both checksums match; every stored tensor is used;
 every torch module is rebuilt from its estimator's parameters (timm backbones with
 ``pretrained=False``: nothing is downloaded) and its weights match it key by key, in shape
@@ -78,7 +79,11 @@ _MEMBERS = (METADATA, ARRAYS)
 _MAX_METADATA_BYTES = 64 * 2**20
 
 #: Fitted attributes that are torch modules, rebuilt from the estimator's parameters.
-_MODULE_ATTRS = {"SimSiamFeaturizer": ("encoder_",), "MeasurementRegressor": ("module_",)}
+_MODULE_ATTRS = {
+    "SimSiamFeaturizer": ("encoder_",),
+    "MeasurementRegressor": ("module_",),
+    "FineTuningRegressor": ("module_",),
+}
 #: Attributes not saved, set to these values on loading (a process-local cache key).
 _RESET_ATTRS = {"SelectiveImagingPolicy": {"_cache_key_": None}}
 _ATTR_NAME = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]*$")
@@ -106,10 +111,11 @@ def _allowed_classes() -> dict[str, type]:
     from sklearn.pipeline import Pipeline
 
     from skddh.conformal import OneSidedConformalRegressor
-    from skddh.models import MeasurementRegressor, SimSiamFeaturizer
+    from skddh.models import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer
     from skddh.policy import SelectiveImagingPolicy
 
     classes = (
+        FineTuningRegressor,
         SelectiveImagingPolicy,
         OneSidedConformalRegressor,
         FrozenEstimator,
@@ -736,7 +742,7 @@ class _Reader:
 
 def _rebuild_module(est, attr: str):
     """A freshly initialised module of the saved architecture, from the estimator's state."""
-    from skddh.models import MeasurementRegressor, SimSiamFeaturizer
+    from skddh.models import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer
 
     if isinstance(est, SimSiamFeaturizer) and attr == "encoder_":
         import timm
@@ -754,6 +760,16 @@ def _rebuild_module(est, attr: str):
 
         n_out = len(est._reg) + sum(len(est.classes_[t]) for t in est._cls)
         return _build_module(int(est.n_features_in_), est.hidden, est.dropout, n_out)
+    if isinstance(est, FineTuningRegressor) and attr == "module_":
+        import timm
+
+        from skddh.models._finetune import _build_network
+
+        if not timm.is_model(est.backbone_):  # never a hub or local-dir name: no download
+            raise ValueError(f"backbone {est.backbone_!r} is not a model timm knows.")
+        return _build_network(
+            est.backbone_, int(est.n_channels_in_), est.hidden, est.dropout, est._n_outputs
+        )
     raise ValueError(f"no module {attr!r} on {type(est).__name__}.")
 
 

@@ -358,3 +358,33 @@ def test_save_refuses_values_that_are_not_data(policy, tmp_path):
     with pytest.raises(TypeError, match="extra is not JSON-able"):
         save_policy(policy, tmp_path / "x.skddh", extra={"path": tmp_path})
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
+def test_fine_tuned_model_round_trips(data, tmp_path):
+    """A policy over FineTuningRegressor (its encoder initialised from a frozen featurizer)."""
+    from skddh import FineTuningRegressor
+
+    images, y, subject = data
+    encoder = SimSiamFeaturizer(
+        image_size=32,
+        epochs=1,
+        batch_size=16,
+        projection_dim=32,
+        prediction_dim=16,
+        device="cpu",
+        random_state=0,
+    ).fit(images)
+    tuned = FineTuningRegressor(
+        FrozenEstimator(encoder), epochs=1, batch_size=16, device="cpu", random_state=0
+    ).fit(images[:20], y[:20])
+    model = OneSidedConformalRegressor(FrozenEstimator(tuned), delta=0.2, random_state=0)
+    policy = SelectiveImagingPolicy(model, rule="alpha").fit(
+        images[20:], y[20:], groups=subject[20:]
+    )
+    path = tmp_path / "tuned.skddh"
+    save_policy(policy, path)
+    again = load_policy(path)
+    np.testing.assert_array_equal(again.predict(images), policy.predict(images))
+    np.testing.assert_allclose(
+        again.estimator_.predict_lower(images), policy.estimator_.predict_lower(images)
+    )
