@@ -467,6 +467,7 @@ def _fit(args) -> int:
     from sklearn.pipeline import make_pipeline
 
     from skddh import (
+        FineTuningRegressor,
         MeasurementRegressor,
         OneSidedConformalRegressor,
         SelectiveImagingPolicy,
@@ -506,11 +507,21 @@ def _fit(args) -> int:
         verbose=1,
     ).fit(pool)
     n_train_subjects = len(np.unique(subject[train]))
-    print(f"[skddh] training the head on {int(train.sum())} images of {n_train_subjects} subjects")
-    head = make_pipeline(
-        FrozenEstimator(encoder),
-        MeasurementRegressor(device=args.device, random_state=args.seed),
-    ).fit(data.images[train], data.targets[train].reset_index(drop=True))
+    what = "fine-tuning encoder and head" if args.us_model == "finetune" else "training the head"
+    print(f"[skddh] {what} on {int(train.sum())} images of {n_train_subjects} subjects")
+    if args.us_model == "finetune":
+        head = FineTuningRegressor(
+            FrozenEstimator(encoder),
+            epochs=args.finetune_epochs,
+            device=args.device,
+            random_state=args.seed,
+        )
+    else:
+        head = make_pipeline(
+            FrozenEstimator(encoder),
+            MeasurementRegressor(device=args.device, random_state=args.seed),
+        )
+    head.fit(data.images[train], data.targets[train].reset_index(drop=True))
     # Beta is not thresholded; it gets delta_alpha, so that no delta the user did not set
     # decides anything (or warns).
     deltas = {"alpha": args.delta_alpha, "beta": args.delta_alpha, "coverage": args.delta_coverage}
@@ -709,8 +720,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--image-size", type=_image_size, default=128, help=f"pixels, >= {MIN_IMAGE_SIZE}"
     )
-    fit.add_argument("--epochs", type=_positive_int, default=10)
+    fit.add_argument("--epochs", type=_positive_int, default=10, help="SimSiam pretraining")
     fit.add_argument("--batch-size", type=_batch_size, default=256)
+    fit.add_argument(
+        "--us-model",
+        choices=["head", "finetune"],
+        default="head",
+        help="head: frozen SimSiam encoder + MLP head (the paper's); finetune: encoder and "
+        "head trained end to end on the labelled images with label-preserving augmentation "
+        "(better at small label budgets, slower)",
+    )
+    fit.add_argument(
+        "--finetune-epochs", type=_positive_int, default=60, help="with --us-model finetune"
+    )
     fit.add_argument("--rule", choices=["alpha", "or", "and"], default="alpha")
     fit.add_argument(
         "--delta-alpha",

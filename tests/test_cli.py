@@ -156,6 +156,19 @@ def test_fit_then_predict_on_an_image_folder(small_cohort, tmp_path, capsys):
     assert "referred to X-ray" in capsys.readouterr().out
 
 
+def test_fit_fine_tuned_then_predict(small_cohort, tmp_path, capsys):
+    manifest = save_image_table(small_cohort, tmp_path / "registry")
+    model = tmp_path / "tuned.skddh"
+    argv = ["fit", str(manifest), "--model", str(model), "--image-size", "32", "--epochs", "1"]
+    argv += ["--batch-size", "16", "--device", "cpu", "--delta-alpha", "0.5"]
+    argv += ["--delta-coverage", "0.5", "--us-model", "finetune", "--finetune-epochs", "1"]
+    assert cli.main(argv) == 0
+    assert "fine-tuning encoder and head" in capsys.readouterr().out
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(manifest), "--model", str(model), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == len(small_cohort.us.images)
+
+
 # ---- fit: which rows pretrain, train and calibrate; radii at the user's deltas ---------------
 @pytest.fixture(scope="module")
 def split_cohort():
