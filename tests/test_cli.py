@@ -818,3 +818,78 @@ def test_reproduce_over_seeds_failing_late_leaves_the_markers(
     assert cli.main(argv) == 2
     assert (tmp_path / "INCOMPLETE").exists()
     assert not any((tmp_path / f"seed_{s}" / "INCOMPLETE").exists() for s in (0, 1))
+
+
+# ---- property-based: any value of any fit option is refused in one line, or accepted sanely --
+class _ComputeStarted(Exception):
+    """Raised by the patched pretraining: validation let the arguments through."""
+
+
+_NUMBERS = ["0", "1", "-1", "0.5", "1e-9", "1e9", "nan", "inf", "-inf", "", " ", "abc", "3.7"]
+
+
+def test_fit_options_are_refused_in_one_line_or_accepted_with_sane_values(
+    split_cohort, tmp_path_factory, capsys
+):
+    """Hypothesis drives every fit option with garbage; the outcome is exit 2 with one
+    ``skddh fit: error:`` line (or argparse's usage error) before any compute, or values
+    that make sense reach pretraining. Never a traceback, never a silent NaN delta."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    manifest = save_image_table(split_cohort, tmp_path_factory.mktemp("fuzz") / "registry")
+    model = manifest.parent / "p.skddh"
+    value = st.one_of(st.sampled_from(_NUMBERS), st.integers(-5, 400).map(str))
+    options = {
+        "--delta-alpha": value,
+        "--delta-coverage": value,
+        "--image-size": value,
+        "--seed": value,
+        "--epochs": value,
+        "--batch-size": value,
+        "--calibration-size": value,
+        "--finetune-epochs": value,
+        "--device": st.sampled_from(["cpu", "auto", "gpu", "cuda", "cuda:7", "", "mps", "cpu:0"]),
+        "--rule": st.sampled_from(["alpha", "and", "or", "AND", "xor"]),
+        "--calibration-unit": st.sampled_from(["image", "subject-max", "subject", ""]),
+    }
+    seen = {}
+
+    def started(self, X, y=None):
+        raise _ComputeStarted
+
+    flags = st.lists(st.sampled_from(sorted(options)), max_size=4, unique=True)
+    drawn = flags.flatmap(lambda keys: st.fixed_dictionaries({k: options[k] for k in keys}))
+
+    @hypothesis.settings(
+        max_examples=60, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )  # fmt: skip
+    @hypothesis.given(drawn)
+    def check(chosen):
+        argv = ["fit", str(manifest), "--model", str(model)]
+        for flag, v in chosen.items():
+            argv += [f"{flag}={v}"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(SimSiamFeaturizer, "fit", started)
+            try:
+                rc = cli.main(argv)
+            except SystemExit as exc:  # argparse's usage errors
+                rc = exc.code
+                err = capsys.readouterr().err
+                assert rc == 2 and "Traceback" not in err, err
+                assert err.strip().splitlines()[-1].startswith("skddh fit: error: "), err
+                return
+            except _ComputeStarted:
+                args = cli.build_parser().parse_args(argv)
+                for d in (args.delta_alpha, args.delta_coverage):
+                    assert 0 < d < 1, argv
+                assert args.image_size >= cli.MIN_IMAGE_SIZE and args.seed >= 0, argv
+                seen["compute"] = seen.get("compute", 0) + 1
+                capsys.readouterr()
+                return
+        assert rc == 2, (argv, rc)
+        _one_error_line(capsys, "fit")
+        seen["refused"] = seen.get("refused", 0) + 1
+
+    check()
+    assert seen.get("compute") and seen.get("refused"), seen  # both outcomes were exercised

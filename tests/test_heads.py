@@ -111,3 +111,42 @@ def test_bad_input_is_named(params, y_edit, match):
     kw = {"classification_targets": ("ihdi",), **params}
     with pytest.raises(ValueError, match=match):
         MeasurementRegressor(epochs=2, device="cpu", **kw).fit(X, y)
+
+
+def test_garbage_targets_are_refused_or_fitted_finitely():
+    """Hypothesis feeds the head targets with NaN, inf, huge values, strings and odd shapes:
+    each is a ValueError/TypeError, or a fit whose predictions are finite and shaped."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    X = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    cell = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True, width=32),
+        st.sampled_from(["", "abc", None, "1.5"]),
+        st.integers(-(10**6), 10**6),
+    )
+    column = st.lists(cell, min_size=11, max_size=13)
+
+    @hypothesis.settings(
+        max_examples=60, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )  # fmt: skip
+    @hypothesis.given(st.lists(column, min_size=1, max_size=3), st.booleans())
+    def check(columns, classify):
+        y = pd.DataFrame({f"t{j}": pd.Series(c, dtype=object) for j, c in enumerate(columns)})
+        head = MeasurementRegressor(
+            hidden=4,
+            epochs=1,
+            device="cpu",
+            random_state=0,
+            classification_targets=("t0",) if classify else (),
+        )
+        try:
+            head.fit(X, y)
+        except (ValueError, TypeError):
+            return
+        pred = head.predict(X)
+        assert pred.shape == (len(X), y.shape[1])
+        reg = [j for j, t in enumerate(head.target_names_) if t not in head.classes_]
+        assert np.isfinite(pred[:, reg].astype(float)).all()
+
+    check()
