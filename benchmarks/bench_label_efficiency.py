@@ -44,6 +44,13 @@ from sklearn.frozen import FrozenEstimator
 from skddh import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer, make_hip_cohort
 
 TARGETS = ["alpha", "beta", "coverage"]
+#: SimSiam's augmentation: the paper's recipe, or one that keeps every angle (no aspect-ratio
+#: change, no flip; a larger rotation instead), for the question of which views serve
+#: measurement.
+SIMSIAM_AUG = {
+    "paper": {},
+    "angles": dict(crop_ratio=(1.0, 1.0), flip_p=0.0, crop_scale=(0.5, 1.0), rotation=15.0),
+}
 METHODS = ["median", "scratch+aug", "simsiam+head", "simsiam+finetune", "all-labels"]
 
 
@@ -114,6 +121,7 @@ def run_seed(args, seed):
             lr=0.2,
             device=args.device,
             random_state=seed,
+            **SIMSIAM_AUG[args.simsiam_aug],
         ).fit(cohort.registry_us)
         feats = sim.transform(images)
         print(f"seed {seed}: SimSiam {time.perf_counter() - t:.0f} s", flush=True)
@@ -203,6 +211,7 @@ def main(argv=None):
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--n-registry", type=int, default=2000, help="unlabelled US images")
     ap.add_argument("--simsiam-epochs", type=int, default=10)
+    ap.add_argument("--simsiam-aug", choices=sorted(SIMSIAM_AUG), default="paper")
     ap.add_argument("--steps", type=int, default=600, help="fine-tuning optimiser steps")
     ap.add_argument("--max-epochs", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -215,7 +224,8 @@ def main(argv=None):
     machine = f"{platform.machine()} {platform.node()}, {os.cpu_count()} CPUs, device {args.device}"
     title = (
         f"{machine}; {args.size} px, {args.backbone}; fine-tuning ~{args.steps} steps; "
-        f"SimSiam {args.simsiam_epochs} epochs on {args.n_registry} images; "
+        f"SimSiam {args.simsiam_epochs} epochs on {args.n_registry} images "
+        f"({args.simsiam_aug} augmentation); "
         f"seeds {args.seeds}; {args.test_subjects} test subjects"
     )
     print(title, flush=True)

@@ -238,3 +238,16 @@ def test_arrays_that_are_not_square_are_letterboxed_not_stretched(fitted, images
     boxed = np.zeros((4, 32, 32), np.uint8)
     boxed[:, 4:28, :] = wide  # centred black bands, as files are letterboxed
     np.testing.assert_allclose(fitted.transform(wide), fitted.transform(boxed), atol=1e-5)
+
+
+def test_angle_keeping_augmentation_is_a_parameter(images):
+    p = _enc(crop_ratio=(1.0, 1.0), flip_p=0.0)._augment_params()
+    assert p.crop_ratio == (1.0, 1.0) and p.flip_p == 0.0
+    x = torch.rand(4, 1, 32, 32)
+    ident = AugmentParams(
+        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, rotation=0.0,
+        brightness=0.0, contrast=0.0, gamma=0.0, blur_p=0.0, speckle_p=0.0,
+    )  # fmt: skip
+    torch.testing.assert_close(augment(x, 32, ident, torch.Generator()), x, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="crop_ratio must satisfy"):
+        _enc(crop_ratio=(2.0, 1.0)).fit(images)

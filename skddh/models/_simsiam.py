@@ -71,6 +71,12 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
     prediction_dim : int, default=512
     crop_scale : tuple of float, default=(0.4, 1.0)
         Area range of the random resized crop.
+    crop_ratio : tuple of float, default=(3/4, 4/3)
+        Aspect-ratio range of the crop (SimSiam's). A ratio other than 1 shears the image,
+        and with it Graf's angles: the features learn to ignore part of what alpha and beta
+        measure. ``(1.0, 1.0)`` keeps every angle (rotation, zoom and shift only).
+    flip_p : float, default=0.5
+        Probability of a horizontal flip (angles keep their size under a flip).
     rotation : float, default=10.0
         Maximum rotation in degrees.
     brightness, contrast, gamma : float, default=0.2
@@ -137,6 +143,8 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
         "prediction_dim": [Interval(Integral, 1, None, closed="left")],
         "crop_scale": [tuple],
+        "crop_ratio": [tuple],
+        "flip_p": [Interval(Real, 0, 1, closed="both")],
         "rotation": [Interval(Real, 0, 180, closed="both")],
         "brightness": [Interval(Real, 0, 1, closed="both")],
         "contrast": [Interval(Real, 0, 1, closed="both")],
@@ -162,6 +170,8 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         projection_dim=2048,
         prediction_dim=512,
         crop_scale=(0.4, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
+        flip_p=0.5,
         rotation=10.0,
         brightness=0.2,
         contrast=0.2,
@@ -183,6 +193,8 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         self.projection_dim = projection_dim
         self.prediction_dim = prediction_dim
         self.crop_scale = crop_scale
+        self.crop_ratio = crop_ratio
+        self.flip_p = flip_p
         self.rotation = rotation
         self.brightness = brightness
         self.contrast = contrast
@@ -204,8 +216,16 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}."
             )
+        try:
+            r_lo, r_hi = (float(v) for v in self.crop_ratio)
+        except (TypeError, ValueError):
+            raise ValueError(f"crop_ratio must be a pair, got {self.crop_ratio!r}.") from None
+        if not 0 < r_lo <= r_hi:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}.")
         return AugmentParams(
             crop_scale=(lo, hi),
+            crop_ratio=(r_lo, r_hi),
+            flip_p=float(self.flip_p),
             rotation=float(self.rotation),
             brightness=float(self.brightness),
             contrast=float(self.contrast),
