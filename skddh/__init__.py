@@ -9,7 +9,12 @@ from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRe
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
 from skddh.metrics import make_policy_scorer
 from skddh.model_file import load_policy, save_policy
-from skddh.models import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer
+from skddh.models import (
+    FineTuningRegressor,
+    MeasurementRegressor,
+    SelfTrainingRegressor,
+    SimSiamFeaturizer,
+)
 from skddh.plotting import CoverageDisplay, DecisionCurveDisplay
 from skddh.policy import SelectiveImagingPolicy, SelectiveImagingPolicyCV
 
@@ -24,6 +29,7 @@ __all__ = [
     "OneSidedCrossConformalRegressor",
     "SelectiveImagingPolicy",
     "SelectiveImagingPolicyCV",
+    "SelfTrainingRegressor",
     "SimSiamFeaturizer",
     "__version__",
     "load_image_table",

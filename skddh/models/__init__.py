@@ -1,7 +1,14 @@
-"""Torch estimators: the SimSiam featurizer, the measurement heads and their plumbing."""
+"""Estimators: the SimSiam featurizer, the measurement heads and their plumbing (torch), and
+self-training for any regressor."""
 
 from skddh.models._finetune import FineTuningRegressor
 from skddh.models._head import MeasurementRegressor
+from skddh.models._selftraining import SelfTrainingRegressor
 from skddh.models._simsiam import SimSiamFeaturizer
 
-__all__ = ["FineTuningRegressor", "MeasurementRegressor", "SimSiamFeaturizer"]
+__all__ = [
+    "FineTuningRegressor",
+    "MeasurementRegressor",
+    "SelfTrainingRegressor",
+    "SimSiamFeaturizer",
+]
