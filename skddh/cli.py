@@ -315,7 +315,7 @@ def _reproduce(args) -> int:
     start = time.perf_counter()
     marker = args.out / INCOMPLETE
     atomic_write_text(marker, _incomplete_note(args))  # a rerun replaces an old marker
-    result = run_study(args.scale, device=args.device, seed=seed, verbose=1)
+    result = run_study(args.scale, device=args.device, seed=seed, verbose=1, us_model=args.us_model)
     path = write_report(result, args.out)
     marker.unlink(missing_ok=True)  # the very end: every file above is complete
     print(path.read_text())
@@ -346,7 +346,9 @@ def _reproduce_over_seeds(args) -> int:
         print(f"[skddh] seed {seed} ({i} of {len(seeds)}) -> {d}")
         seed_marker = d / INCOMPLETE
         atomic_write_text(seed_marker, _incomplete_note(args, seed=seed))
-        result = run_study(args.scale, device=args.device, seed=seed, verbose=1)
+        result = run_study(
+            args.scale, device=args.device, seed=seed, verbose=1, us_model=args.us_model
+        )
         write_report(result, d)
         seed_marker.unlink(missing_ok=True)
         results.append(result)
@@ -673,6 +675,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="small: minutes on 2 CPU cores; paper: the paper's sizes, for a GPU",
     )
     rep.add_argument("--device", type=_device, default="auto", help=device_help)
+    rep.add_argument(
+        "--us-model",
+        choices=["head", "finetune"],
+        default=None,
+        help="ultrasound model: head (frozen SimSiam + MLP head, the paper's; both scales' "
+        "default) or finetune (encoder and head trained end to end with label-preserving "
+        "augmentation; about 6 times slower)",
+    )
     rep.add_argument("--out", type=_writable_dir, default="skddh_out", help="output directory")
     rep.add_argument("--seed", type=_seed, default=None, help=f"{seed_help}; default 0")
     rep.add_argument(

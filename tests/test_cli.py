@@ -748,7 +748,7 @@ def fake_runs(tmp_path, monkeypatch, fake_study_result):
     monkeypatch.setitem(study.SCALES, "small", tiny)
     calls = []
 
-    def run_study(scale, *, device, seed, verbose):
+    def run_study(scale, *, device, seed, verbose, us_model=None):
         calls.append((scale, device, seed))
         marker = tmp_path / f"seed_{seed}" / "INCOMPLETE"
         assert (tmp_path / "INCOMPLETE").exists() and marker.exists()
