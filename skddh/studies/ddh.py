@@ -63,11 +63,11 @@ SCALES = {
 #: How the ultrasound measurements are learnt: ``"head"`` is the paper's frozen encoder + MLP
 #: head (both scales' default); ``"finetune"`` trains the SimSiam-initialised encoder and head
 #: end to end with label-preserving augmentation (FineTuningRegressor; ``reproduce
-#: --us-model finetune``). At the small scale's 32 px, 60 epochs of fine-tuning measured
-#: worse than the head (seed 0: alpha MAE 7.55 against the head's 7.40 and the median's
-#: 4.31) and 6 times slower (CV+ fine-tunes 5 times), so it is not the small default; at
-#: 64 px it beat the median (benchmarks/bench_label_efficiency.py). The X-ray model is the
-#: paper's frozen encoder + head in both.
+#: --us-model finetune``). At the small scale's 32 px, 60 epochs of fine-tuning measured no
+#: better than the head (seed 0: alpha MAE 7.55 against the head's 7.59; the median 4.31)
+#: and 6 times slower (CV+ fine-tunes 5 times), so it is not the small default; at 64 px it
+#: beat the median (benchmarks/bench_label_efficiency.py). The X-ray model is the paper's
+#: frozen encoder + head in both.
 US_MODELS = ("finetune", "head")
 
 #: The paper's reported figures (DOMAIN.md section 0), for the report.
