@@ -45,10 +45,9 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def policy(data):
-    """The policy ``skddh fit`` builds, tiny: a frozen fitted head under the conformal layer."""
-    images, y, subject = data
-    encoder = SimSiamFeaturizer(
+def encoder(data):
+    """A tiny fitted featurizer, shared by the policies below."""
+    return SimSiamFeaturizer(
         image_size=32,
         epochs=1,
         batch_size=16,
@@ -56,7 +55,13 @@ def policy(data):
         prediction_dim=16,
         device="cpu",
         random_state=0,
-    ).fit(images)
+    ).fit(data[0])
+
+
+@pytest.fixture(scope="module")
+def policy(data, encoder):
+    """The policy ``skddh fit`` builds, tiny: a frozen fitted head under the conformal layer."""
+    images, y, subject = data
     head = make_pipeline(
         FrozenEstimator(encoder), MeasurementRegressor(epochs=3, device="cpu", random_state=0)
     ).fit(images[:20], y[:20])
@@ -360,20 +365,11 @@ def test_save_refuses_values_that_are_not_data(policy, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
 
 
-def test_fine_tuned_model_round_trips(data, tmp_path):
+def test_fine_tuned_model_round_trips(data, encoder, tmp_path):
     """A policy over FineTuningRegressor (its encoder initialised from a frozen featurizer)."""
     from skddh import FineTuningRegressor
 
     images, y, subject = data
-    encoder = SimSiamFeaturizer(
-        image_size=32,
-        epochs=1,
-        batch_size=16,
-        projection_dim=32,
-        prediction_dim=16,
-        device="cpu",
-        random_state=0,
-    ).fit(images)
     tuned = FineTuningRegressor(
         FrozenEstimator(encoder), epochs=1, batch_size=16, device="cpu", random_state=0
     ).fit(images[:20], y[:20])
