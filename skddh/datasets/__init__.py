@@ -1,5 +1,6 @@
-"""Synthetic paired hip cohort, real-registry loading and the measurement definitions."""
+"""Synthetic hip cohorts (paired infant US / X-ray; adult BMD), registry loading, measurements."""
 
+from skddh.datasets._bmd import make_bmd_cohort
 from skddh.datasets._cohort import make_hip_cohort
 from skddh.datasets._io import load_image_table, save_image_table
 from skddh.datasets._measure import measure_us, measure_xr
@@ -9,6 +10,7 @@ from skddh.datasets._summary import plot_cohort_examples, summarize_cohort
 __all__ = [
     "SyntheticImageRegistry",
     "load_image_table",
+    "make_bmd_cohort",
     "make_hip_cohort",
     "measure_us",
     "measure_xr",

@@ -3,8 +3,10 @@
 One row per (image, hip): ``image_path, subject_id, side {L, R, B}, modality {US, XR},
 age_days`` and the measurements ``alpha, beta, fhc`` (ultrasound; ``fhc`` in percent) and
 ``ai, ce, ihdi`` (X-ray), NaN where absent; optional ``pixel_spacing_mm``, ``rater_id``,
-``image_id``, ``split``. Several rows for the same image and side with different ``rater_id``
-are averaged into a consensus (IHDI: rounded-up median).
+``image_id``, ``split``. A femoral-neck BMD manifest (:func:`make_bmd_cohort`) is XR rows with
+a ``bmd`` column (g/cm^2, DEXA), blank where unlabelled, and no ``ai, ce, ihdi``. Several rows
+for the same image and side with different ``rater_id`` are averaged into a consensus (IHDI:
+rounded-up median).
 
 A hip is never passed on garbage: :func:`load_image_table` refuses what it cannot read
 unambiguously (an impossible measurement, an unknown split, a subject in two splits, one
@@ -29,6 +31,8 @@ from sklearn.utils import Bunch
 REQUIRED = ("image_path", "subject_id", "side", "modality")
 US_COLUMNS = ("alpha", "beta", "fhc")
 XR_COLUMNS = ("ai", "ce", "ihdi")
+#: Femoral-neck BMD (g/cm^2) of XR rows: the label of a BMD manifest (make_bmd_cohort).
+BMD_COLUMNS = ("bmd",)
 OPTIONAL = ("age_days", "pixel_spacing_mm", "rater_id", "image_id", "split")
 SPLITS = ("train", "calibration", "test")
 #: Other names a column is read under (the loaded US targets call ``fhc`` "coverage").
@@ -41,7 +45,9 @@ RANGES = {
     "ai": (0.0, 90.0),
     "ce": (-90.0, 90.0),
     "ihdi": (1.0, 4.0),
+    "bmd": (0.0, 3.0),
 }
+_UNITS = {"bmd": "g/cm^2"}
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 _WINDOWED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # 16/32-bit and float
 _N_NAMED = 10  # ids listed in a warning before "and N more"
@@ -212,7 +218,7 @@ def _column_key(name) -> str:
 
 
 def _normalise_columns(table: pd.DataFrame) -> pd.DataFrame:
-    known = (*REQUIRED, *US_COLUMNS, *XR_COLUMNS, *OPTIONAL)
+    known = (*REQUIRED, *US_COLUMNS, *XR_COLUMNS, *BMD_COLUMNS, *OPTIONAL)
     renames, seen = {}, {}
     for col in table.columns:
         key = _column_key(col)
@@ -261,7 +267,7 @@ def _check_ranges(table: pd.DataFrame, fhc_unit: str) -> None:
             if col == "ihdi":
                 allowed = "one of 1, 2, 3, 4"
             else:
-                unit = fhc_unit if col == "fhc" else "degrees"
+                unit = fhc_unit if col == "fhc" else _UNITS.get(col, "degrees")
                 allowed = f"within [{lo:g}, {hi:g}] ({unit})"
             raise ValueError(
                 f"row {i} column {col!r}: {values[i]:g} is not a possible value; {col} must be "
@@ -283,8 +289,8 @@ def _check_labels(table: pd.DataFrame, labels: str, present: set) -> None:
         if not rows.any():
             continue
         absent = [c for c in cols if c not in present]
-        if not absent:
-            continue
+        if not absent or (modality == "XR" and "bmd" in present and len(absent) == len(cols)):
+            continue  # a BMD manifest: its XR rows are labelled by ``bmd`` alone
         required = labels == "required" or (
             labels == "auto"
             and table["split"].isin(["train", "calibration"]).to_numpy()[rows].any()
@@ -377,7 +383,7 @@ def _check_disagreements(table: pd.DataFrame) -> None:
     has_rater = "rater_id" in table.columns
     rater = table["rater_id"].astype(str).where(~_blank(table["rater_id"]), "") if has_rater else ""
     keyed = table.assign(_rater=rater)
-    for modality, cols in (("US", US_COLUMNS), ("XR", XR_COLUMNS)):
+    for modality, cols in (("US", US_COLUMNS), ("XR", (*XR_COLUMNS, *BMD_COLUMNS))):
         rows = keyed[keyed["modality"] == modality]
         if len(rows) == 0:
             continue
@@ -491,7 +497,7 @@ def _clean_table(table: pd.DataFrame, fhc_unit: str, labels: str) -> tuple[pd.Da
                 f"row {i} column {col!r}: {table[col].iloc[i]!r} is not one of "
                 f"{sorted(allowed - {''})}" + (" (or empty)." if col == "split" else ".")
             )
-    for col in (*US_COLUMNS, *XR_COLUMNS, "age_days", "pixel_spacing_mm"):
+    for col in (*US_COLUMNS, *XR_COLUMNS, *BMD_COLUMNS, "age_days", "pixel_spacing_mm"):
         table[col] = _numeric(table, col) if col in present else np.nan
     _check_labels(table, labels, present)
     _check_ranges(table, fhc_unit)
@@ -547,7 +553,9 @@ def load_image_table(
     Bunch
         ``us`` and ``xr`` Bunches (a modality absent from the table gives an empty one) with
         ``images`` (n, image_size, image_size) uint8, ``targets`` (US: ``alpha``, ``beta``,
-        ``coverage`` in percent; XR: ``ai``, ``ce``, ``ihdi``), ``subject``, ``side``,
+        ``coverage`` in percent; XR: ``ai``, ``ce``, ``ihdi``, and ``bmd`` when the table has
+        that column; a BMD manifest, with no ``ai, ce, ihdi``, gives ``bmd`` alone, NaN where
+        unlabelled), ``subject``, ``side``,
         ``image_id``, ``age_weeks`` (US) / ``age_months`` (XR), ``pixel_spacing_mm`` (after
         resizing; NaN if unknown), ``flagged`` (bool: a constant image, blank or saturated),
         ``split`` (if the table has one: ``train``, ``calibration``, ``test``, or ``""``
@@ -611,7 +619,7 @@ def load_image_table(
     with _bombs_refused():
         for modality in ("US", "XR"):
             part, row_ids = _load_modality(
-                table[table["modality"] == modality], root, image_size, frame, modality
+                table[table["modality"] == modality], root, image_size, frame, modality, present
             )
             parts.append(part)
             rows.append(row_ids)
@@ -623,8 +631,10 @@ def load_image_table(
     return Bunch(us=parts[0], xr=parts[1], frame=table)
 
 
-def _load_modality(rows: pd.DataFrame, root: Path, size: int, frame: int, modality: str):
-    cols = US_COLUMNS if modality == "US" else XR_COLUMNS
+def _load_modality(
+    rows: pd.DataFrame, root: Path, size: int, frame: int, modality: str, present: set
+):
+    cols = US_COLUMNS if modality == "US" else (*XR_COLUMNS, *BMD_COLUMNS)
     keys = ["image_id", "image_path", "subject_id", "side"]
     agg = {c: "mean" for c in (*cols, "age_days", "pixel_spacing_mm")}
     if "ihdi" in cols:
@@ -671,7 +681,11 @@ def _load_modality(rows: pd.DataFrame, root: Path, size: int, frame: int, modali
             }
         )
     else:
-        targets = grouped[list(XR_COLUMNS)].reset_index(drop=True)
+        # a table with ``bmd`` adds it; a BMD-only manifest gives ``bmd`` alone
+        names = list(XR_COLUMNS)
+        if "bmd" in present:
+            names = [c for c in XR_COLUMNS if c in present] + ["bmd"]
+        targets = grouped[names].reset_index(drop=True)
     age_days = grouped["age_days"].to_numpy()
     out = Bunch(
         images=images,
@@ -702,6 +716,21 @@ def _file_name(image_id) -> str:
     return name
 
 
+def _bmd_as_xr(cohort: Bunch) -> Bunch:
+    """A :func:`make_bmd_cohort` Bunch as the ``xr`` part of a manifest."""
+    xr = Bunch(
+        images=cohort.images,
+        targets=cohort.targets[["bmd"]],
+        image_id=cohort.image_id,
+        subject=cohort.subject,
+        side=cohort.side,
+        split=cohort.split,
+        age_years=cohort.age,
+        acquisition=cohort.acquisition,
+    )
+    return Bunch(xr=xr)
+
+
 def save_image_table(cohort: Bunch, directory) -> Path:
     """Write a cohort as PNG images plus ``manifest.csv`` in the long format; return its path.
 
@@ -716,7 +745,9 @@ def save_image_table(cohort: Bunch, directory) -> Path:
     Parameters
     ----------
     cohort : Bunch
-        As returned by :func:`make_hip_cohort` (its ``us`` and ``xr`` parts are written).
+        As returned by :func:`make_hip_cohort` (its ``us`` and ``xr`` parts are written) or
+        by :func:`make_bmd_cohort` (its radiographs are written as XR rows with ``bmd``,
+        blank where unlabelled, ``age_days`` from ``age`` in years; they load back as ``xr``).
     directory : str or path
         Created if needed; images go to ``images/us`` and ``images/xr``.
 
@@ -741,8 +772,12 @@ def save_image_table(cohort: Bunch, directory) -> Path:
     manifest.csv
     """
     directory = Path(directory)
+    if "us" not in cohort and "xr" not in cohort and "bmd" in cohort.get("targets", {}):
+        cohort = _bmd_as_xr(cohort)
     names = {}
     for key in ("us", "xr"):
+        if key not in cohort:
+            continue
         ids = [str(i) for i in cohort[key].image_id]
         if any(not i.strip() for i in ids):
             raise ValueError(
@@ -761,6 +796,8 @@ def save_image_table(cohort: Bunch, directory) -> Path:
             ]
     frames = []
     for key, modality in (("us", "US"), ("xr", "XR")):
+        if key not in cohort:
+            continue
         part = cohort[key]
         sub = Path("images") / key
         (directory / sub).mkdir(parents=True, exist_ok=True)
@@ -783,11 +820,15 @@ def save_image_table(cohort: Bunch, directory) -> Path:
             frame["alpha"] = part.targets["alpha"].to_numpy()
             frame["beta"] = part.targets["beta"].to_numpy()
             frame["fhc"] = part.targets["coverage"].to_numpy()
-        else:
+        elif "age_months" in part:
             frame["age_days"] = np.asarray(part.age_months) * 30.4375
             for c in XR_COLUMNS:
                 frame[c] = part.targets[c].to_numpy()
-        spacing = part.get("acquisition", {}).get("pixel_spacing_mm") if modality == "US" else None
+        else:  # a BMD cohort: age in years, the DEXA read as the only label
+            frame["age_days"] = np.asarray(part.age_years) * 365.25
+            frame["bmd"] = part.targets["bmd"].to_numpy()
+        has_spacing = modality == "US" or "age_years" in part  # hip X-ray views have none
+        spacing = part.get("acquisition", {}).get("pixel_spacing_mm") if has_spacing else None
         if spacing is not None:
             frame["pixel_spacing_mm"] = np.asarray(spacing)
         if "split" in part:
@@ -795,8 +836,9 @@ def save_image_table(cohort: Bunch, directory) -> Path:
         frames.append(frame)
     manifest = directory / "manifest.csv"
     table = pd.concat(frames, ignore_index=True)
-    for c in (*US_COLUMNS, *XR_COLUMNS):
-        if c not in table.columns:
-            table[c] = np.nan
+    if "bmd" not in table.columns:  # a hip manifest keeps its columns as they were
+        for c in (*US_COLUMNS, *XR_COLUMNS):
+            if c not in table.columns:
+                table[c] = np.nan
     table.to_csv(manifest, index=False, float_format="%.17g")
     return manifest
