@@ -1,5 +1,6 @@
 """Displays in scikit-learn's convention: ``from_estimator``, ``from_predictions``, ``plot``."""
 
+from skddh.plotting._bland_altman import BlandAltmanDisplay
 from skddh.plotting._policy import CoverageDisplay, DecisionCurveDisplay
 
-__all__ = ["CoverageDisplay", "DecisionCurveDisplay"]
+__all__ = ["BlandAltmanDisplay", "CoverageDisplay", "DecisionCurveDisplay"]
