@@ -3,6 +3,7 @@ self-training for any regressor."""
 
 from skddh.models._finetune import FineTuningRegressor
 from skddh.models._head import MeasurementRegressor
+from skddh.models._losses import adaptive_triplet_loss
 from skddh.models._selftraining import SelfTrainingRegressor
 from skddh.models._simsiam import SimSiamFeaturizer
 
@@ -11,4 +12,5 @@ __all__ = [
     "MeasurementRegressor",
     "SelfTrainingRegressor",
     "SimSiamFeaturizer",
+    "adaptive_triplet_loss",
 ]

@@ -119,6 +119,12 @@ class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
     noise : float, default=0.03
         Maximum standard deviation of additive Gaussian noise.
     standardize_targets : bool, default=True
+    triplet_weight : float, default=0.0
+        Weight of the adaptive triplet loss on the head's hidden layer (0 turns it off), as
+        in :class:`MeasurementRegressor`; it follows Zheng et al. (MICCAI 2021), which a
+        patent application covers (US 2022/0309651 A1).
+    triplet_margin : float, default=0.5
+        Margin per unit of standardised target difference.
     device : str, default="auto"
     precision : {"auto", "fp32", "bf16"}, default="auto"
         Training precision (``"auto"``: bf16 on CUDA), fixed at fit time (``precision_``).
@@ -184,6 +190,8 @@ class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         "gamma": [Interval(Real, 0, None, closed="left")],
         "noise": [Interval(Real, 0, None, closed="left")],
         "standardize_targets": ["boolean"],
+        "triplet_weight": [Interval(Real, 0, None, closed="left")],
+        "triplet_margin": [Interval(Real, 0, None, closed="left")],
         "device": [str],
         "precision": [StrOptions({"auto", "fp32", "bf16"})],
         "random_state": ["random_state"],
@@ -215,6 +223,8 @@ class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         gamma=0.2,
         noise=0.03,
         standardize_targets=True,
+        triplet_weight=0.0,
+        triplet_margin=0.5,
         device="auto",
         precision="auto",
         random_state=None,
@@ -242,6 +252,8 @@ class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         self.gamma = gamma
         self.noise = noise
         self.standardize_targets = standardize_targets
+        self.triplet_weight = triplet_weight
+        self.triplet_margin = triplet_margin
         self.device = device
         self.precision = precision
         self.random_state = random_state
@@ -354,9 +366,12 @@ class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
                         x = B.take(data, src, idx, device, size)
                         v = normalize(augment_measurement(x, aug, gen))
                         with T.autocast(device, amp):
-                            out = net(v)
+                            head = net[1]
+                            hidden = head[1](head[0](net[0](v)))  # the head's hidden layer
+                            out = head[3](head[2](hidden))
                         d = idx.to(device)
                         loss = self._loss(out.float(), yr[d], yc[d], w_r, w_cls)
+                        loss = loss + self._triplet(hidden, yr[d], w_r)
                         optim.zero_grad(set_to_none=True)
                         loss.backward()
                         optim.step()

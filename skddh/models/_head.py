@@ -57,6 +57,14 @@ class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         Dropout after the hidden layer: a few hundred labelled images overfit easily.
     standardize_targets : bool, default=True
         Fit regression targets in standard units (so L1 weights compare across units).
+    triplet_weight : float, default=0.0
+        Weight of the adaptive triplet loss on the hidden layer (0 turns it off): hidden
+        representations of samples with close targets are pulled together, those with
+        distant targets pushed apart by a margin that grows with the difference. It follows
+        Zheng et al. (MICCAI 2021), which a patent application covers (US 2022/0309651 A1);
+        the definition is in :func:`~skddh.models.adaptive_triplet_loss`.
+    triplet_margin : float, default=0.5
+        Margin per unit of standardised target difference.
     device : str, default="auto"
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
@@ -97,6 +105,8 @@ class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "standardize_targets": ["boolean"],
+        "triplet_weight": [Interval(Real, 0, None, closed="left")],
+        "triplet_margin": [Interval(Real, 0, None, closed="left")],
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -114,6 +124,8 @@ class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         batch_size=64,
         dropout=0.2,
         standardize_targets=True,
+        triplet_weight=0.0,
+        triplet_margin=0.5,
         device="auto",
         random_state=None,
         verbose=0,
@@ -127,6 +139,8 @@ class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         self.batch_size = batch_size
         self.dropout = dropout
         self.standardize_targets = standardize_targets
+        self.triplet_weight = triplet_weight
+        self.triplet_margin = triplet_margin
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -184,7 +198,10 @@ class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
                 total = torch.zeros((), device=device)
                 for start in range(0, n, bs):
                     idx = order[start : start + bs]
-                    loss = self._loss(module(xt[idx]), yr[idx], yc[idx], w_reg, w_cls)
+                    hidden = module[1](module[0](xt[idx]))  # = module[:2], the hidden layer
+                    out = module[3](module[2](hidden))
+                    loss = self._loss(out, yr[idx], yc[idx], w_reg, w_cls)
+                    loss = loss + self._triplet(hidden, yr[idx], w_reg)
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
                     optim.step()

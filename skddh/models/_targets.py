@@ -121,6 +121,20 @@ class TargetsMixin:
             start += m
         return loss
 
+    def _triplet(self, hidden, yr, w_reg):
+        """``triplet_weight`` times the adaptive triplet loss on the head's hidden layer.
+
+        Regression targets only (standard units, weighted by ``loss_weights``); zero when
+        ``triplet_weight`` is 0 or there are no regression targets.
+        """
+        if not self.triplet_weight or yr.shape[1] == 0:
+            return hidden.sum() * 0.0
+        from skddh.models._losses import adaptive_triplet_loss
+
+        return self.triplet_weight * adaptive_triplet_loss(
+            hidden, yr, margin=self.triplet_margin, weights=w_reg
+        )
+
     def _decode(self, out):
         """Raw network outputs (n, ``_n_outputs``) -> predictions in the caller's units."""
         cols = {t: out[:, j] * self.y_scale_[j] + self.y_mean_[j] for j, t in enumerate(self._reg)}
