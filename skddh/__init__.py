@@ -6,8 +6,8 @@ policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 """
 
 from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRegressor
-from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
-from skddh.metrics import make_policy_scorer
+from skddh.datasets import load_image_table, make_bmd_cohort, make_hip_cohort, save_image_table
+from skddh.metrics import bland_altman, make_policy_scorer, regression_agreement
 from skddh.model_file import load_policy, save_policy
 from skddh.models import (
     FineTuningRegressor,
@@ -15,12 +15,13 @@ from skddh.models import (
     SelfTrainingRegressor,
     SimSiamFeaturizer,
 )
-from skddh.plotting import CoverageDisplay, DecisionCurveDisplay
+from skddh.plotting import BlandAltmanDisplay, CoverageDisplay, DecisionCurveDisplay
 from skddh.policy import SelectiveImagingPolicy, SelectiveImagingPolicyCV
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BlandAltmanDisplay",
     "CoverageDisplay",
     "DecisionCurveDisplay",
     "FineTuningRegressor",
@@ -32,10 +33,13 @@ __all__ = [
     "SelfTrainingRegressor",
     "SimSiamFeaturizer",
     "__version__",
+    "bland_altman",
     "load_image_table",
     "load_policy",
+    "make_bmd_cohort",
     "make_hip_cohort",
     "make_policy_scorer",
+    "regression_agreement",
     "save_image_table",
     "save_policy",
 ]
