@@ -11,7 +11,7 @@ from skddh.studies.bmd_report import write_bmd_report
 
 TINY = dict(
     BMD_SCALES["small"],
-    n_patients=30,
+    n_patients=20,
     image_size=32,
     epochs=1,
     batch_size=32,
@@ -149,3 +149,27 @@ def test_cli_bad_fraction_is_a_usage_error(tmp_path, capsys):
         cli.main(["reproduce", "bmd", "--fractions", "1.5", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "(0, 1]" in capsys.readouterr().err
+
+
+def test_the_paper_scale_fine_tunes_a_cnn():
+    """The ``paper`` scale's regressor is a CNN on the images; one epoch shows the path."""
+    cfg = dict(
+        BMD_SCALES["paper"],
+        backbone="resnet10t",
+        n_patients=12,
+        image_size=32,
+        epochs=1,
+        batch_size=8,
+        n_folds=2,
+        n_repeats=2,
+        max_iter=1,
+        fractions=(0.5,),
+    )
+    result = run_bmd_study(cfg, seeds=(0,), methods=("supervised", "both"), device="cpu")
+    assert set(result.runs["method"]) == {"supervised", "both"}
+    assert np.isfinite(result.predictions["predicted"]).all()
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match="model must be one of"):
+        run_bmd_study(dict(TINY, model="ridge"), seeds=(0,), device="cpu")
