@@ -6,8 +6,20 @@ policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 """
 
 from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRegressor
-from skddh.datasets import load_image_table, make_bmd_cohort, make_hip_cohort, save_image_table
-from skddh.metrics import bland_altman, make_policy_scorer, regression_agreement
+from skddh.datasets import (
+    load_image_table,
+    make_bmd_cohort,
+    make_hip_cohort,
+    make_hip_morphology_cohort,
+    save_image_table,
+)
+from skddh.metrics import (
+    bland_altman,
+    clinical_report,
+    gwet_ac1,
+    make_policy_scorer,
+    regression_agreement,
+)
 from skddh.model_file import load_policy, save_policy
 from skddh.models import (
     FineTuningRegressor,
@@ -34,10 +46,13 @@ __all__ = [
     "SimSiamFeaturizer",
     "__version__",
     "bland_altman",
+    "clinical_report",
+    "gwet_ac1",
     "load_image_table",
     "load_policy",
     "make_bmd_cohort",
     "make_hip_cohort",
+    "make_hip_morphology_cohort",
     "make_policy_scorer",
     "regression_agreement",
     "save_image_table",
