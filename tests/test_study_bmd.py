@@ -173,3 +173,13 @@ def test_the_paper_scale_fine_tunes_a_cnn():
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="model must be one of"):
         run_bmd_study(dict(TINY, model="ridge"), seeds=(0,), device="cpu")
+
+
+def test_results_concatenate_over_seeds(tiny_result):
+    one = run_bmd_study(TINY, seeds=(5,), methods=("supervised", "both"), device="cpu")
+    two = run_bmd_study(TINY, seeds=(6,), methods=("supervised", "both"), device="cpu")
+    both = bmd.BMDStudyResult.concat([one, two])
+    assert both.seeds == (5, 6) and set(both.summary["n_seeds"]) == {2}
+    assert len(both.predictions) == len(one.predictions) + len(two.predictions)
+    with pytest.raises(ValueError, match="repeat"):
+        bmd.BMDStudyResult.concat([one, one])

@@ -132,6 +132,41 @@ class BMDStudyResult:
     seeds: tuple
     timings: dict = field(default_factory=dict)
 
+    @classmethod
+    def concat(cls, results) -> BMDStudyResult:
+        """One result from runs of the same scale over other seeds or fractions.
+
+        Parameters
+        ----------
+        results : sequence of BMDStudyResult
+
+        Returns
+        -------
+        BMDStudyResult
+            Runs and predictions stacked, summary and comparison recomputed.
+        """
+        results = list(results)
+        if not results:
+            raise ValueError("results must hold at least one BMDStudyResult.")
+        runs = pd.concat([r.runs for r in results], ignore_index=True)
+        keys = ["seed", "fraction", "method"]
+        if runs.duplicated(keys).any():
+            raise ValueError("results repeat a (seed, fraction, method) run.")
+        seeds = tuple(dict.fromkeys(s for r in results for s in r.seeds))
+        timings = {}
+        for r in results:
+            for k, v in r.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+        return cls(
+            runs=runs,
+            summary=_summary(runs),
+            comparison=_comparison(runs),
+            predictions=pd.concat([r.predictions for r in results], ignore_index=True),
+            config=results[0].config,
+            seeds=seeds,
+            timings=timings,
+        )
+
 
 #: The regressors a scale may name.
 BMD_MODELS = ("pooled", "finetune")
