@@ -4,12 +4,14 @@ self-training for any regressor."""
 from skddh.models._finetune import FineTuningRegressor
 from skddh.models._head import MeasurementRegressor
 from skddh.models._losses import adaptive_triplet_loss
+from skddh.models._morphology import MorphologyClassifier
 from skddh.models._selftraining import SelfTrainingRegressor
 from skddh.models._simsiam import SimSiamFeaturizer
 
 __all__ = [
     "FineTuningRegressor",
     "MeasurementRegressor",
+    "MorphologyClassifier",
     "SelfTrainingRegressor",
     "SimSiamFeaturizer",
     "adaptive_triplet_loss",
