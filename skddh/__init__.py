@@ -24,10 +24,16 @@ from skddh.model_file import load_policy, save_policy
 from skddh.models import (
     FineTuningRegressor,
     MeasurementRegressor,
+    MorphologyClassifier,
     SelfTrainingRegressor,
     SimSiamFeaturizer,
 )
-from skddh.plotting import BlandAltmanDisplay, CoverageDisplay, DecisionCurveDisplay
+from skddh.plotting import (
+    BlandAltmanDisplay,
+    CoverageDisplay,
+    DecisionCurveDisplay,
+    GradCAMDisplay,
+)
 from skddh.policy import SelectiveImagingPolicy, SelectiveImagingPolicyCV
 
 __version__ = "0.1.0.dev0"
@@ -37,7 +43,9 @@ __all__ = [
     "CoverageDisplay",
     "DecisionCurveDisplay",
     "FineTuningRegressor",
+    "GradCAMDisplay",
     "MeasurementRegressor",
+    "MorphologyClassifier",
     "OneSidedConformalRegressor",
     "OneSidedCrossConformalRegressor",
     "SelectiveImagingPolicy",
