@@ -40,6 +40,7 @@ def test_every_run_is_there_and_labels_stay_hidden(tiny_result):
         assert n_train.nunique() == 1, seed  # every method of a seed: the same training images
     st = runs[runs["method"].isin(["self_training", "both"])]
     assert st["pseudo_mae_trusted"].notna().any() and st["supervised_mae_unlabelled"].notna().all()
+    assert st["disagreement_error_spearman"].between(-1, 1).all()
     s = tiny_result.summary
     assert set(s["n_seeds"]) == {2} and len(s) == len(BMD_METHODS)
     assert set(tiny_result.comparison["method"]) == {

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from skddh.datasets import make_bmd_cohort
@@ -445,6 +446,10 @@ def run_bmd_study(
                         float(err[~trusted].mean()) if (~trusted).any() else np.nan
                     )
                     row["supervised_mae_unlabelled"] = supervised_unlabelled
+                    # does the trust criterion know which pseudo-labels are wrong?
+                    row["disagreement_error_spearman"] = float(
+                        spearmanr(model.disagreement_[~labelled], err).statistic
+                    )
                 runs.append(row)
                 preds.append(
                     pd.DataFrame(

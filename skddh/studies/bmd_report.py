@@ -102,7 +102,8 @@ def _pseudo_table(runs: pd.DataFrame) -> pd.DataFrame:
     if st.empty or not set(cols) <= set(st.columns):
         return pd.DataFrame()
     g = st.groupby(["fraction", "method"], sort=False)
-    out = g[cols + ["trusted_share", "n_iter"]].mean()
+    extra = [c for c in ("disagreement_error_spearman",) if c in st.columns]
+    out = g[cols + extra + ["trusted_share", "n_iter"]].mean()
     return out.reset_index().assign(fraction=lambda d: d["fraction"].map("{:.0%}".format))
 
 
@@ -247,7 +248,9 @@ def write_bmd_report(result: BMDStudyResult, out: str | Path, *, command: str = 
         "",
         "MAE against the hidden DEXA of the unlabelled training images: of the pseudo-labels "
         "trusted in the final fit and of those left out, beside the supervised-only model's "
-        "error on the same images (what naive pseudo-labelling would start from).",
+        "error on the same images (what naive pseudo-labelling would start from), and the "
+        "Spearman correlation between a pseudo-label's disagreement (the trust criterion) "
+        "and its actual error: near 0, the criterion cannot tell good pseudo-labels from bad.",
         "",
     ]
     pseudo = _pseudo_table(runs)
