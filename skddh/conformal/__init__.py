@@ -2,7 +2,8 @@
 
 The statistics are small pure functions on arrays (:func:`one_sided_quantile`,
 :func:`lower_bound`, :func:`fit_affine`, :func:`subject_max_scores`,
-:func:`subsampled_quantile`, :func:`cv_plus_lower_bound`); the estimators are thin
+:func:`subsampled_quantile`, :func:`cv_plus_lower_bound`, :func:`mondrian_lower_bound`,
+:func:`conformal_pvalues`, :func:`conformal_selection`); the estimators are thin
 scikit-learn shells around them: :class:`OneSidedConformalRegressor` (split conformal) and
 :class:`OneSidedCrossConformalRegressor` (CV+).
 
@@ -32,25 +33,53 @@ arXiv 1809.07441):
 
 The bias correction: ``None`` (the default) and ``"affine-split"`` keep these statements
 exact; the paper's ``"affine"`` (fitted on the scored cases) makes them approximate.
-Not promised: coverage within a subgroup (age band, side), conditional on the prediction,
-or after a shift in population, machine or operator.
+Not promised by these: coverage within a subgroup (age band, side), conditional on the
+prediction, or after a shift in population, machine or operator. Coverage within a stratum
+fixed before the outcome is what :func:`mondrian_lower_bound` adds (each stratum calibrated
+on its own units). None of the bounds controls the share of abnormal hips among the hips
+passed; :func:`conformal_selection` (Jin and Candès, arXiv 2210.01408) does, as a false
+discovery rate ``<= q`` over i.i.d. test units (or subjects).
 """
 
 from skddh.conformal._base import CALIBRATION_UNITS
 from skddh.conformal._cross import OneSidedCrossConformalRegressor, cv_plus_lower_bound
+from skddh.conformal._mondrian import mondrian_lower_bound
 from skddh.conformal._quantile import fit_affine, lower_bound, one_sided_quantile, smallest_delta
+from skddh.conformal._risk import (
+    LearnThenTestResult,
+    conformal_risk_control,
+    learn_then_test,
+    missed_finding_losses,
+    risk_p_values,
+    subject_losses,
+)
 from skddh.conformal._scores import subject_max_scores, subsample_indices, subsampled_quantile
+from skddh.conformal._selection import (
+    ConformalSelection,
+    conformal_pvalues,
+    conformal_selection,
+)
 from skddh.conformal._split import OneSidedConformalRegressor
 
 __all__ = [
     "CALIBRATION_UNITS",
+    "ConformalSelection",
+    "LearnThenTestResult",
     "OneSidedConformalRegressor",
     "OneSidedCrossConformalRegressor",
+    "conformal_pvalues",
+    "conformal_risk_control",
+    "conformal_selection",
     "cv_plus_lower_bound",
     "fit_affine",
+    "learn_then_test",
     "lower_bound",
+    "missed_finding_losses",
+    "mondrian_lower_bound",
     "one_sided_quantile",
+    "risk_p_values",
     "smallest_delta",
+    "subject_losses",
     "subject_max_scores",
     "subsample_indices",
     "subsampled_quantile",
