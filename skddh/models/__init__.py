@@ -3,6 +3,7 @@ self-training for any regressor."""
 
 from skddh.models._finetune import FineTuningRegressor
 from skddh.models._head import MeasurementRegressor
+from skddh.models._localize import HipJointLocalizer
 from skddh.models._losses import adaptive_triplet_loss
 from skddh.models._morphology import MorphologyClassifier
 from skddh.models._selftraining import SelfTrainingRegressor
@@ -10,6 +11,7 @@ from skddh.models._simsiam import SimSiamFeaturizer
 
 __all__ = [
     "FineTuningRegressor",
+    "HipJointLocalizer",
     "MeasurementRegressor",
     "MorphologyClassifier",
     "SelfTrainingRegressor",
