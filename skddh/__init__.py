@@ -23,6 +23,7 @@ from skddh.metrics import (
 from skddh.model_file import load_policy, save_policy
 from skddh.models import (
     FineTuningRegressor,
+    HipJointLocalizer,
     MeasurementRegressor,
     MorphologyClassifier,
     SelfTrainingRegressor,
@@ -44,6 +45,7 @@ __all__ = [
     "DecisionCurveDisplay",
     "FineTuningRegressor",
     "GradCAMDisplay",
+    "HipJointLocalizer",
     "MeasurementRegressor",
     "MorphologyClassifier",
     "OneSidedConformalRegressor",
