@@ -344,11 +344,11 @@ def run_bmd_study(
     A tiny scale, to show the shape (``skddh reproduce bmd`` runs ``"small"``):
 
     >>> from skddh.studies.bmd import BMD_SCALES, run_bmd_study
-    >>> tiny = dict(BMD_SCALES["small"], n_patients=40, image_size=32, epochs=1,
-    ...             head_epochs=5, max_iter=1, fractions=(0.5,))
+    >>> tiny = dict(BMD_SCALES["small"], n_patients=40, epochs=5, max_iter=1,
+    ...             fractions=(0.5,))
     >>> result = run_bmd_study(tiny, seeds=(0,), device="cpu")
-    >>> sorted(result.runs["method"].unique())
-    ['both', 'self_training', 'supervised', 'triplet']
+    >>> result.runs["method"].tolist()
+    ['supervised', 'triplet', 'self_training', 'both', 'all_labels']
     """
     cfg = dict(BMD_SCALES[scale]) if isinstance(scale, str) else dict(scale)
     if cfg.get("model") not in BMD_MODELS:
