@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _api_checks import DATA_FREE_CHECKS
 from PIL import Image
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
-from sklearn.utils import estimator_checks as ec
 
 from skddh import SimSiamFeaturizer
 from skddh.models._augment import AugmentParams, augment
@@ -45,20 +45,7 @@ def fitted(images):
 # The featurizer takes images, (n, H, W) or (n, C, H, W): scikit-learn's common checks feed
 # 2-D tables and skip an estimator whose tags say it takes no 2-D input. The data-free API
 # checks apply as they are; the data-dependent ones are covered with images below.
-@pytest.mark.parametrize(
-    "check",
-    [
-        ec.check_no_attributes_set_in_init,
-        ec.check_get_params_invariance,
-        ec.check_set_params,
-        ec.check_parameters_default_constructible,
-        ec.check_estimator_repr,
-        ec.check_estimator_cloneable,
-        ec.check_estimator_tags_renamed,
-        ec.check_valid_tag_types,
-        ec.check_do_not_raise_errors_in_init_or_set_params,
-    ],
-)
+@pytest.mark.parametrize("check", DATA_FREE_CHECKS)
 def test_sklearn_api_checks_that_need_no_tabular_data(check):
     check("SimSiamFeaturizer", _enc())
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _api_checks import DATA_FREE_CHECKS
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, GroupKFold
-from sklearn.utils import estimator_checks as ec
 
 from skddh import FineTuningRegressor, OneSidedConformalRegressor, SimSiamFeaturizer
 from skddh.models._augment import MeasureAugmentParams, augment_measurement
@@ -55,20 +55,7 @@ def encoder(data):
 
 # Images in, like SimSiamFeaturizer: the common checks feed 2-D tables and would be skipped;
 # the data-free API checks run as they are and the data-dependent contract is tested below.
-@pytest.mark.parametrize(
-    "check",
-    [
-        ec.check_no_attributes_set_in_init,
-        ec.check_get_params_invariance,
-        ec.check_set_params,
-        ec.check_parameters_default_constructible,
-        ec.check_estimator_repr,
-        ec.check_estimator_cloneable,
-        ec.check_estimator_tags_renamed,
-        ec.check_valid_tag_types,
-        ec.check_do_not_raise_errors_in_init_or_set_params,
-    ],
-)
+@pytest.mark.parametrize("check", DATA_FREE_CHECKS)
 def test_sklearn_api_checks_that_need_no_tabular_data(check):
     check("FineTuningRegressor", _model())
 

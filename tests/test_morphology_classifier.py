@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from _api_checks import DATA_FREE_CHECKS
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
-from sklearn.utils import estimator_checks as ec
 
 from skddh.models import MorphologyClassifier
 from skddh.models._morphology import (
@@ -54,20 +54,7 @@ def fitted(data):
 
 # Images in, like FineTuningRegressor: the common checks feed 2-D tables and would be skipped;
 # the data-free API checks run as they are and the data-dependent contract is tested below.
-@pytest.mark.parametrize(
-    "check",
-    [
-        ec.check_no_attributes_set_in_init,
-        ec.check_get_params_invariance,
-        ec.check_set_params,
-        ec.check_parameters_default_constructible,
-        ec.check_estimator_repr,
-        ec.check_estimator_cloneable,
-        ec.check_estimator_tags_renamed,
-        ec.check_valid_tag_types,
-        ec.check_do_not_raise_errors_in_init_or_set_params,
-    ],
-)
+@pytest.mark.parametrize("check", DATA_FREE_CHECKS)
 def test_sklearn_api_checks_that_need_no_tabular_data(check):
     check("MorphologyClassifier", _model())
 
