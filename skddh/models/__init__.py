@@ -3,6 +3,7 @@ self-training for any regressor."""
 
 from skddh.models._finetune import FineTuningRegressor
 from skddh.models._head import MeasurementRegressor
+from skddh.models._hip_pipeline import predict_hip_morphology
 from skddh.models._localize import HipJointLocalizer
 from skddh.models._losses import adaptive_triplet_loss
 from skddh.models._morphology import MorphologyClassifier
@@ -17,4 +18,5 @@ __all__ = [
     "SelfTrainingRegressor",
     "SimSiamFeaturizer",
     "adaptive_triplet_loss",
+    "predict_hip_morphology",
 ]

@@ -122,6 +122,15 @@ def check_hip_boxes(boxes, n_images: int, height: int, width: int) -> np.ndarray
     return out
 
 
+def as_uint8(images) -> np.ndarray:
+    """Radiographs as uint8 (uint16 and floats in [0, 1] rescaled), for cropping."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    scale = 255.0 / (65535.0 if images.dtype == np.uint16 else 1.0)
+    return np.clip(images.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
 def box_iou(a, b) -> np.ndarray:
     """Intersection over union of paired boxes ``(..., 4)`` given as x0, y0, x1, y1.
 
@@ -619,11 +628,7 @@ class HipJointLocalizer(TransformerMixin, BaseEstimator):
         from skddh.datasets._morphology import crop_hips
 
         boxes = self.predict(X)
-        images = np.asarray(X)
-        if images.dtype != np.uint8:
-            scale = 255.0 / (65535.0 if images.dtype == np.uint16 else 1.0)
-            images = np.clip(images.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
-        return crop_hips(images, boxes, size or self.crop_size, mirror_left=mirror_left)
+        return crop_hips(as_uint8(X), boxes, size or self.crop_size, mirror_left=mirror_left)
 
     def transform(self, X):
         """Crops of ``crop_size`` pixels: 2 rows per radiograph (R, then L mirrored).
