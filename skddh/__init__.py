@@ -8,10 +8,12 @@ policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRegressor
 from skddh.datasets import (
     load_image_table,
+    load_morphology_table,
     make_bmd_cohort,
     make_hip_cohort,
     make_hip_morphology_cohort,
     save_image_table,
+    save_morphology_table,
 )
 from skddh.metrics import (
     bland_altman,
@@ -28,6 +30,7 @@ from skddh.models import (
     MorphologyClassifier,
     SelfTrainingRegressor,
     SimSiamFeaturizer,
+    predict_hip_morphology,
 )
 from skddh.plotting import (
     BlandAltmanDisplay,
@@ -59,12 +62,15 @@ __all__ = [
     "clinical_report",
     "gwet_ac1",
     "load_image_table",
+    "load_morphology_table",
     "load_policy",
     "make_bmd_cohort",
     "make_hip_cohort",
     "make_hip_morphology_cohort",
     "make_policy_scorer",
+    "predict_hip_morphology",
     "regression_agreement",
     "save_image_table",
+    "save_morphology_table",
     "save_policy",
 ]
