@@ -5,7 +5,11 @@ featurisation, measurement heads, one-sided conformal lower bounds and a selecti
 policy that refers to X-ray whenever ultrasound cannot vouch for a hip.
 """
 
-from skddh.conformal import OneSidedConformalRegressor, OneSidedCrossConformalRegressor
+from skddh.conformal import (
+    OneSidedConformalRegressor,
+    OneSidedCrossConformalRegressor,
+    SelectiveClassifier,
+)
 from skddh.datasets import (
     load_image_table,
     load_morphology_table,
@@ -53,6 +57,7 @@ __all__ = [
     "MorphologyClassifier",
     "OneSidedConformalRegressor",
     "OneSidedCrossConformalRegressor",
+    "SelectiveClassifier",
     "SelectiveImagingPolicy",
     "SelectiveImagingPolicyCV",
     "SelfTrainingRegressor",

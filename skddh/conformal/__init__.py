@@ -59,6 +59,11 @@ from skddh.conformal._selection import (
     conformal_pvalues,
     conformal_selection,
 )
+from skddh.conformal._selective import (
+    SelectiveClassifier,
+    SelectiveThreshold,
+    selective_threshold,
+)
 from skddh.conformal._split import OneSidedConformalRegressor
 
 __all__ = [
@@ -67,6 +72,8 @@ __all__ = [
     "LearnThenTestResult",
     "OneSidedConformalRegressor",
     "OneSidedCrossConformalRegressor",
+    "SelectiveClassifier",
+    "SelectiveThreshold",
     "conformal_pvalues",
     "conformal_risk_control",
     "conformal_selection",
@@ -78,6 +85,7 @@ __all__ = [
     "mondrian_lower_bound",
     "one_sided_quantile",
     "risk_p_values",
+    "selective_threshold",
     "smallest_delta",
     "subject_losses",
     "subject_max_scores",
