@@ -211,6 +211,7 @@ def test_estimator_bad_input_is_named():
     [SelectiveClassifier(calibration_unit="case", random_state=0)],
     expected_failed_checks=lambda est: {
         "check_classifiers_train": "predict returns -1 (refer) for unsure cases by design",
+        "check_classifiers_classes": "-1 marks a referral, so -1 cannot be a class",
         "check_classifier_multioutput": "multi-label predict returns -1 where referred",
     },
 )
@@ -218,3 +219,58 @@ def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         check(estimator)
+
+
+def test_red_team_findings_are_errors_or_right_answers():
+    """Found by a red-team review: each was a silent wrong answer or a crash."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 2))
+    groups = np.arange(400) // 2
+    # labels that are not the frozen base's classes would all read as negatives
+    lr = LogisticRegression().fit(X, np.where(X[:, 0] > 0, "yes", "no"))
+    with pytest.raises(ValueError, match="not classes of the estimator"):
+        SelectiveClassifier(FrozenEstimator(lr)).fit(X, (X[:, 0] > 0).astype(int), groups=groups)
+    # -1 as a class would look like "refer"
+    with pytest.raises(ValueError, match="-1 is one of the classes"):
+        SelectiveClassifier(calibration_unit="case").fit(X, np.where(X[:, 0] > 0, 1, -1))
+    # a plain DataFrame of 3 labels with the default multi-output base
+    Y = pd.DataFrame((X[:, [0, 1, 0]] + rng.normal(size=(400, 3)) > 0).astype(int))
+    model = SelectiveClassifier(alpha=0.3, random_state=0).fit(X, Y, groups=groups)
+    assert model.predict(X).shape == (400, 3)
+    assert np.isfinite(model.score(X, Y)) or np.isnan(model.score(X, Y))
+    # missing patient ids
+    bad = groups.astype(float)
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="missing patient ids"):
+        SelectiveClassifier().fit(X, Y, groups=bad)
+    with pytest.raises(ValueError, match="missing patient ids"):
+        selective_threshold(Y[0], np.full(400, 0.6), alpha=0.1, delta=0.1, groups=bad)
+
+
+class NamedLabels(ClassifierMixin, BaseEstimator):
+    """A multi-label model naming its labels (as MorphologyClassifier): columns in its order."""
+
+    def fit(self, X, y):
+        self.classes_ = np.array(["a", "b"], dtype=object)
+        return self
+
+    def predict_proba(self, X):
+        X = np.asarray(X, float)
+        return 1 / (1 + np.exp(-4 * X[:, :2]))
+
+
+def test_named_labels_are_matched_by_name_and_auxiliaries_ignored():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(800, 2))
+    y = pd.DataFrame(
+        {
+            "sex": rng.integers(0, 2, 800),  # an auxiliary target the base does not predict
+            "b": (X[:, 1] + 0.3 * rng.normal(size=800) > 0).astype(int),
+            "a": (X[:, 0] + 0.3 * rng.normal(size=800) > 0).astype(int),
+        }
+    )
+    model = SelectiveClassifier(FrozenEstimator(NamedLabels().fit(X, y)), alpha=0.1)
+    model.fit(X, y, groups=np.arange(800) // 2)
+    assert list(model.label_names_) == ["a", "b"]
+    assert np.isfinite(model.lambdas_).all()  # each label calibrated on its own score
+    assert model.score(X, y) > 0.9

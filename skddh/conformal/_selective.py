@@ -168,8 +168,11 @@ def selective_threshold(
         raise ValueError("y_true must hold 0/1 labels only.")
     if not np.isfinite(s).all():
         raise ValueError("y_score must be finite.")
-    if groups is not None and len(groups) != len(y):
-        raise ValueError(f"groups has {len(groups)} entries for {len(y)} cases.")
+    if groups is not None:
+        if len(groups) != len(y):
+            raise ValueError(f"groups has {len(groups)} entries for {len(y)} cases.")
+        if pd.isna(pd.Series(np.asarray(groups, dtype=object))).any():
+            raise ValueError("groups has missing patient ids (NaN/None); give every row one.")
     top = max(threshold, 1 - threshold)
     lam = np.linspace(0.0, top, 20) if lambdas is None else np.asarray(lambdas, dtype=float)
     if lam.ndim != 1 or len(lam) == 0 or np.isnan(lam).any() or (np.diff(lam) <= 0).any():
@@ -211,7 +214,8 @@ class SelectiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         ``LogisticRegression()`` (in a ``MultiOutputClassifier`` for a 2-D ``y``). Its
         ``thresholds_`` are the decision thresholds when it has them, else 0.5. Wrapped in
         :class:`~sklearn.frozen.FrozenEstimator`, it is not refitted and every case given
-        to ``fit`` calibrates.
+        to ``fit`` calibrates: those cases must not have been used to fit or tune it (its
+        ``thresholds_`` included), or the guarantee is lost.
     alpha : float in (0, 1), default=0.1
         Largest acceptable error rate among accepted patients, per label.
     delta : float in (0, 1), default=0.1
@@ -301,7 +305,12 @@ class SelectiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         """(n, n_labels) probability of each label being 1."""
         proba = self.estimator_.predict_proba(X)
         if isinstance(proba, list):  # MultiOutputClassifier: one (n, 2) array per label
-            return np.column_stack([np.asarray(p)[:, -1] for p in proba]).astype(float)
+            if any(np.asarray(p).ndim != 2 or np.asarray(p).shape[1] != 2 for p in proba):
+                raise ValueError(
+                    "every label of the estimator's predict_proba needs two classes (n, 2); "
+                    "a label had one class in the training part."
+                )
+            return np.column_stack([np.asarray(p)[:, 1] for p in proba]).astype(float)
         proba = np.asarray(proba, dtype=float)
         if not self._multilabel:
             if proba.ndim != 2 or proba.shape[1] != 2:
@@ -384,6 +393,8 @@ class SelectiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             groups_arr = np.asarray(groups)
             if len(groups_arr) != len(y_arr):
                 raise ValueError(f"groups has {len(groups_arr)} entries for {len(y_arr)} rows.")
+            if pd.isna(pd.Series(groups_arr, dtype=object)).any():
+                raise ValueError("groups has missing patient ids (NaN/None); give every row one.")
         if self.estimator is not None:
             base = self.estimator
         else:
@@ -403,11 +414,16 @@ class SelectiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             extra = {"groups": groups_arr[train]} if has_fit_parameter(base, "groups") else {}
             self.estimator_ = clone(base).fit(take(X, train), y_train, **extra)
         self.classes_ = getattr(self.estimator_, "classes_", np.array([0, 1]))
-        if self._multilabel and y_frame is not None:
-            named = [str(c) for c in np.asarray(self.classes_).ravel()]
-            if set(named) < set(map(str, y_frame.columns)):
-                # the base predicts some of y's columns (the others are auxiliary targets,
-                # e.g. MorphologyClassifier's sex): the labels are those it predicts
+        named_classes = (
+            isinstance(self.classes_, np.ndarray)
+            and self.classes_.ndim == 1
+            and self.classes_.dtype.kind in "OUS"
+        )
+        if self._multilabel and y_frame is not None and named_classes:
+            named = [str(c) for c in self.classes_]
+            if len(set(named)) == len(named) and set(named) <= set(map(str, y_frame.columns)):
+                # the base predicts (some of) y's columns by name, in its own order (the
+                # others are auxiliary targets, e.g. MorphologyClassifier's sex)
                 self.label_names_ = np.asarray(named, dtype=object)
                 y_arr = y_frame.set_axis(list(map(str, y_frame.columns)), axis=1)[named]
                 y_arr = y_arr.to_numpy()
@@ -415,6 +431,19 @@ class SelectiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             if len(self.classes_) != 2:
                 raise ValueError(
                     f"y must have two classes in the training part, got {list(self.classes_)}."
+                )
+            unknown = sorted(
+                set(np.unique(y_arr).tolist()) - set(np.asarray(self.classes_).tolist()), key=str
+            )
+            if unknown:
+                raise ValueError(
+                    f"y has label(s) {unknown} that are not classes of the estimator "
+                    f"({list(self.classes_)}): the positive class would be misread."
+                )
+            if -1 in set(np.asarray(self.classes_).tolist()):
+                raise ValueError(
+                    "-1 is one of the classes, but predict marks a referred case with -1; "
+                    "encode the classes otherwise (e.g. 0/1)."
                 )
             y_arr = (y_arr == self.classes_[1]).astype(int)  # 1: the estimator's positive class
         thr = getattr(self.estimator_, "thresholds_", None)
@@ -496,6 +525,8 @@ class SelectiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     def score(self, X, y, sample_weight=None):
         """Accuracy among the accepted calls (NaN when none is accepted)."""
         pred = self.predict(X)
+        if isinstance(y, pd.DataFrame) and self._multilabel:
+            y = y.set_axis(list(map(str, y.columns)), axis=1)[list(self.label_names_)]
         y = np.asarray(y).reshape(pred.shape)
         ok = pred != -1
         if sample_weight is not None:

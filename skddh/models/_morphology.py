@@ -169,6 +169,11 @@ class MorphologyClassifier(ClassifierMixin, BaseEstimator):
     auxiliary_names_ : ndarray of str
     thresholds_ : ndarray of shape (n_labels,)
         Decision threshold per label: ``predict = predict_proba >= thresholds_``.
+    validation_indices_ : ndarray of int or None
+        Rows of the fit's ``X`` held out as the validation split (None without one). The
+        network never trains on them; with ``threshold="0.5"`` nothing is tuned on them
+        either, so they can calibrate a selective rule (:class:`~skddh.SelectiveClassifier`
+        with a :class:`~sklearn.frozen.FrozenEstimator`).
     validation_auroc_ : ndarray of shape (n_labels,) or None
         AUROC per label on the validation split (NaN where it has one class), None without one.
     history_ : DataFrame
@@ -453,6 +458,7 @@ class MorphologyClassifier(ClassifierMixin, BaseEstimator):
         n_lab = len(self.label_names_)
         seed = T.seed_from(self.random_state)
         tr, va = self._split(src.n, groups, seed)
+        self.validation_indices_ = va
         self._check_two_classes(yv[tr], cols, "the training images")
         pw = balanced_pos_weight(yv[tr]) if self.pos_weight == "balanced" else np.ones(len(cols))
 

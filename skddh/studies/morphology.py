@@ -8,8 +8,10 @@ read by two raters, a 100-radiograph hold-out read by one expert):
 2. **Joint localisation**: :class:`~skddh.HipJointLocalizer` fitted on the training
    radiographs and their boxes; IoU and centre error on the hold-out.
 3. **Classification**: :class:`~skddh.MorphologyClassifier` (one network, a sigmoid per
-   label, patient sex as the auxiliary output) on crops of the *annotated* boxes of the
-   training hips, thresholds by Youden's J on a patient-level validation split.
+   label, patient sex as the auxiliary output, positives weighted by the class balance, so
+   0.5 is the balanced threshold) on crops of the *annotated* boxes of 80 % of the training
+   patients; the other 20 % (validation) calibrate the selective rule
+   (:class:`~skddh.SelectiveClassifier`: refer to the expert when unsure).
 4. **Hold-out**: the whole pipeline (:func:`~skddh.predict_hip_morphology`: localise, crop,
    classify) on the hold-out radiographs against the expert's labels;
    :func:`~skddh.clinical_report` with patient-level bootstrap intervals (the seed's Table
@@ -35,12 +37,15 @@ cam: its bump is a few pixels of contour.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import roc_auc_score
 
+from skddh.conformal import SelectiveClassifier
 from skddh.datasets import crop_hips, make_hip_morphology_cohort
 from skddh.metrics import clinical_report, gwet_ac1
 from skddh.models import HipJointLocalizer, MorphologyClassifier, predict_hip_morphology
@@ -96,7 +101,9 @@ MORPHOLOGY_SCALES = {
         batch_size=32,
         lr=1e-3,
         validation_size=0.2,
-        threshold="youden",
+        threshold="0.5",
+        selective_alpha=0.15,
+        selective_delta=0.1,
         gradcam_layer="0.layer3",
         n_bootstraps=1000,
         n_latency=20,
@@ -115,7 +122,9 @@ MORPHOLOGY_SCALES = {
         batch_size=32,
         lr=3e-4,
         validation_size=0.2,
-        threshold="youden",
+        threshold="0.5",
+        selective_alpha=0.15,
+        selective_delta=0.1,
         gradcam_layer=None,
         n_bootstraps=1000,
         n_latency=50,
@@ -143,6 +152,12 @@ class MorphologyStudyResult:
         Per seed and label (``cam``, ``dysplasia``): the mean Grad-CAM value inside the
         label's region over the mean outside it (``concentration``; 1 = no preference), on
         hold-out hips positive for the label.
+    selective : DataFrame
+        Per seed and label, selective classification (:class:`~skddh.SelectiveClassifier`,
+        calibrated on the classifier's validation patients: never trained on, and with
+        ``threshold="0.5"`` nothing is tuned on them): the confidence
+        threshold, the accepted share and error among accepted calls on the calibration
+        patients and on the hold-out (hips and patients), beside the error of every call.
     latency : DataFrame
         Per seed: milliseconds per radiograph (median, mean, std over radiographs), one at a
         time.
@@ -165,6 +180,7 @@ class MorphologyStudyResult:
     ac1: pd.DataFrame
     localization: pd.DataFrame
     gradcam: pd.DataFrame
+    selective: pd.DataFrame
     latency: pd.DataFrame
     predictions: pd.DataFrame
     thresholds: pd.DataFrame
@@ -302,7 +318,7 @@ def run_morphology_study(
         raise ValueError("seeds must name at least one seed.")
     labels = list(MORPHOLOGY_LABELS)
     size = int(cfg["crop_size"])
-    out = {k: [] for k in ("report", "oracle", "ac1", "loc", "cam", "lat", "pred", "thr")}
+    out = {k: [] for k in ("report", "oracle", "ac1", "loc", "cam", "lat", "pred", "thr", "sel")}
     timings = {"cohort": 0.0, "localizer": 0.0, "classifier": 0.0, "evaluation": 0.0}
     examples: dict = {}
     for seed in seeds:
@@ -335,6 +351,7 @@ def run_morphology_study(
         t0 = time.perf_counter()
         crops_tr = crop_hips(X_tr, boxes_tr, size=size)
         y_tr = hips_tr[[*labels, "sex"]].astype(np.int64)
+        patients_tr = hips_tr["patient"].to_numpy()
         classifier = MorphologyClassifier(
             backbone=cfg["backbone"],
             auxiliary=("sex",),
@@ -346,7 +363,17 @@ def run_morphology_study(
             lr=cfg["lr"],
             device=device,
             random_state=seed,
-        ).fit(crops_tr, y_tr, groups=hips_tr["patient"].to_numpy())
+        ).fit(crops_tr, y_tr, groups=patients_tr)
+        # the validation patients: never trained on, nothing tuned on them (threshold 0.5)
+        va = classifier.validation_indices_
+        selective = SelectiveClassifier(
+            FrozenEstimator(classifier),
+            alpha=cfg["selective_alpha"],
+            delta=cfg["selective_delta"],
+        )
+        with warnings.catch_warnings():  # a label with nothing certified: in the report
+            warnings.filterwarnings("ignore", "label .* no confidence threshold", UserWarning)
+            selective.fit(crops_tr[va], y_tr.iloc[va], groups=patients_tr[va])
         timings["classifier"] += time.perf_counter() - t0
         if verbose:
             print(f"[morphology] seed {seed}: classifier fitted", flush=True)
@@ -405,6 +432,7 @@ def run_morphology_study(
                 **{f"true_{c}": y_ho[c].to_numpy() for c in labels},
             )
         )
+        out["sel"] += _selective_rows(selective, proba, y_ho, hips_ho["patient"].to_numpy(), seed)
         out["cam"] += _gradcam_rows(
             classifier, X_ho, hips_ho, boxes_ho, y_ho, size, seed, examples, cfg["gradcam_layer"]
         )
@@ -419,6 +447,7 @@ def run_morphology_study(
         ac1=pd.DataFrame(out["ac1"]),
         localization=pd.DataFrame(out["loc"]),
         gradcam=pd.DataFrame(out["cam"]),
+        selective=pd.DataFrame(out["sel"]),
         latency=pd.DataFrame(out["lat"]),
         predictions=pd.concat(out["pred"], ignore_index=True),
         thresholds=pd.DataFrame(out["thr"]),
@@ -467,4 +496,42 @@ def _gradcam_rows(
                 "masks": m[:n_show],
                 "probabilities": classifier.predict_proba(crops[show])[:, j],
             }
+    return rows
+
+
+def _selective_rows(selective, proba, y_ho, patient, seed) -> list[dict]:
+    """Per label: who is accepted on the hold-out, and how often the accepted calls are wrong."""
+    rows = []
+    lam = selective.lambdas_
+    for j, label in enumerate(selective.label_names_):
+        t = selective.decision_thresholds_[j]
+        p = proba[label].to_numpy()
+        y = y_ho[label].to_numpy()
+        ok = np.abs(p - t) >= lam[label]
+        wrong = (p >= t).astype(int) != y
+        acc_pat = pd.Series(ok).groupby(patient).any()
+        bad_pat = pd.Series(ok & wrong).groupby(patient).any()
+        res = selective.selection_[label]
+        at = res.lambdas == res.lambda_hat
+        cal_acc = int(res.n_accepted[at][0]) if at.any() else 0
+        rows.append(
+            {
+                "seed": seed,
+                "label": label,
+                "alpha": selective.alpha,
+                "delta": selective.delta,
+                "lambda": float(lam[label]),
+                "calibration_patients": selective.n_calibration_,
+                "calibration_accepted_share": cal_acc / selective.n_calibration_,
+                "calibration_error_accepted": (
+                    int(res.n_errors[at][0]) / cal_acc if cal_acc else np.nan
+                ),
+                "holdout_accepted_share": float(ok.mean()),
+                "holdout_error_accepted_hips": float(wrong[ok].mean()) if ok.any() else np.nan,
+                "holdout_error_accepted_patients": (
+                    float(bad_pat[acc_pat].mean()) if acc_pat.any() else np.nan
+                ),
+                "holdout_error_all_hips": float(wrong.mean()),
+            }
+        )
     return rows

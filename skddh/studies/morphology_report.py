@@ -201,6 +201,7 @@ def write_morphology_report(
         "ac1.csv": result.ac1,
         "localization.csv": result.localization,
         "gradcam_concentration.csv": result.gradcam,
+        "selective.csv": result.selective,
         "latency.csv": result.latency,
         "thresholds.csv": result.thresholds,
         "predictions.csv": result.predictions,
@@ -240,9 +241,14 @@ def write_morphology_report(
         f"{cfg['localizer_size']} px input, {cfg['localizer_epochs']} epochs). Classifier: "
         f"`MorphologyClassifier` ({cfg['backbone']}, {cfg['crop_size']} px crops, "
         f"{cfg['epochs']} epochs, sex as the auxiliary output, balanced positive weights, "
-        f"thresholds by {_THRESHOLD_TEXT.get(str(cfg['threshold']), str(cfg['threshold']))} on a "
-        f"{cfg['validation_size']:.0%} patient split), "
-        "trained on crops of the annotated boxes and tested through the whole pipeline "
+        + (
+            f"thresholds by {_THRESHOLD_TEXT.get(str(cfg['threshold']), cfg['threshold'])} on "
+            f"a {cfg['validation_size']:.0%} patient split), "
+            if str(cfg["threshold"]) != "0.5"
+            else f"threshold 0.5, {cfg['validation_size']:.0%} of the patients held out to "
+            "calibrate the selective rule), "
+        )
+        + "trained on crops of the annotated boxes and tested through the whole pipeline "
         f"(localise, crop, classify). Machine: {platform.machine()}, {platform.system()}, "
         f"python {platform.python_version()}." + (f" Command: `{command}`." if command else ""),
         "",
@@ -293,6 +299,39 @@ def write_morphology_report(
             _md(result.gradcam.round(3), index=False),
             "",
             "![Grad-CAM](gradcam.png)",
+            "",
+        ]
+    if not result.selective.empty:
+        sel = result.selective
+        a, d = sel["alpha"].iloc[0], sel["delta"].iloc[0]
+        show = sel[
+            [
+                "seed",
+                "label",
+                "lambda",
+                "calibration_accepted_share",
+                "holdout_accepted_share",
+                "holdout_error_accepted_hips",
+                "holdout_error_accepted_patients",
+                "holdout_error_all_hips",
+            ]
+        ]
+        lines += [
+            "## Selective classification: refer to the expert when unsure",
+            "",
+            f"`SelectiveClassifier` (Learn-then-Test, Bonferroni over 20 thresholds) on the "
+            f"{int(sel['calibration_patients'].iloc[0])} validation patients (the network never "
+            f"trained on them, nothing was tuned on them): per label, a call is accepted "
+            "when its probability is at least "
+            f"`lambda` away from the label's threshold, chosen so that with probability >= "
+            f"{1 - d:.0%} over the calibration draw the share of new patients with a wrong "
+            f"accepted call, among those with one, is at most {a:.0%}. `lambda` = inf: "
+            "nothing could be certified, every hip is referred. The calibration labels are "
+            "the raters' readings; the hold-out is judged by the expert, a different reader, "
+            "so its figures are observed, not guaranteed. Error columns are empty where nothing "
+            "was accepted.",
+            "",
+            _md(show.round(3), index=False),
             "",
         ]
     lines += [
