@@ -52,6 +52,8 @@ def test_every_table_is_there(tiny_result):
     assert (r.latency["ms_median"] > 0).all()
     assert set(r.gradcam["label"]) <= {"cam", "dysplasia"}
     assert (r.gradcam["concentration"] >= 0).all()
+    assert list(r.selective["label"]) == list(MORPHOLOGY_LABELS)
+    assert r.selective["holdout_accepted_share"].between(0, 1).all()
 
 
 def test_table_one_puts_the_seed_beside_ours(tiny_result):
@@ -69,7 +71,7 @@ def test_table_one_puts_the_seed_beside_ours(tiny_result):
 def test_report_files(tiny_result, tmp_path):
     path = write_morphology_report(tiny_result, tmp_path, command="skddh reproduce morphology")
     text = path.read_text()
-    for piece in ("Table 1", "Gwet's AC1", "roc.png", "Latency", "832 ms"):
+    for piece in ("Table 1", "Gwet's AC1", "roc.png", "Latency", "832 ms", "Selective"):
         assert piece in text
     for name in ("roc.png", "clinical_report.csv", "ac1.csv", "latency.csv", "predictions.csv"):
         assert (tmp_path / name).exists()
