@@ -186,3 +186,23 @@ def augment_measurement(
         amp = _uniform(n, 0.0, p.noise, gen, dev).view(n, 1, 1, 1)
         v = v + amp * torch.randn(v.shape, generator=gen, device=dev, dtype=v.dtype)
     return v.clamp(0.0, 1.0)
+
+
+def measure_augment_params(estimator) -> MeasureAugmentParams:
+    """The label-preserving augmentation of an estimator's parameters (``rotation``,
+    ``scale``, ``shift``, ``brightness``, ``contrast``, ``gamma``, ``noise``), validated."""
+    try:
+        lo, hi = (float(v) for v in estimator.scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a pair (low, high), got {estimator.scale!r}.") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale must satisfy 0 < low <= high, got {estimator.scale!r}.")
+    return MeasureAugmentParams(
+        rotation=float(estimator.rotation),
+        scale=(lo, hi),
+        shift=float(estimator.shift),
+        brightness=float(estimator.brightness),
+        contrast=float(estimator.contrast),
+        gamma=float(estimator.gamma),
+        noise=float(estimator.noise),
+    )

@@ -261,23 +261,9 @@ class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
 
     # ---- fitting ---------------------------------------------------------------------------
     def _augment_params(self):
-        from skddh.models._augment import MeasureAugmentParams
+        from skddh.models._augment import measure_augment_params
 
-        try:
-            lo, hi = (float(v) for v in self.scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"scale must be a pair (low, high), got {self.scale!r}.") from None
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale must satisfy 0 < low <= high, got {self.scale!r}.")
-        return MeasureAugmentParams(
-            rotation=float(self.rotation),
-            scale=(lo, hi),
-            shift=float(self.shift),
-            brightness=float(self.brightness),
-            contrast=float(self.contrast),
-            gamma=float(self.gamma),
-            noise=float(self.noise),
-        )
+        return measure_augment_params(self)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
