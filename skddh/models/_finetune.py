@@ -28,6 +28,7 @@ from sklearn_compat.base import _fit_context
 
 from skddh.models import _batches as B
 from skddh.models._images import ImageSource
+from skddh.models._pickle import CPUStateMixin
 from skddh.models._targets import TargetsMixin
 
 
@@ -69,7 +70,7 @@ def _initial_encoder(encoder):
     return inner
 
 
-class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
+class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstimator):
     """Images -> named measurements, encoder and head trained end to end with augmentation.
 
     Parameters
@@ -463,14 +464,6 @@ class FineTuningRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         return self._probabilities(self._forward(X))
 
     # ---- pickling and tags -----------------------------------------------------------------
-    def __getstate__(self):
-        from skddh.models import _torch as T
-
-        state = super().__getstate__()
-        if "module_" in state:
-            state["module_"] = T.cpu_state(state["module_"])
-        return state
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False

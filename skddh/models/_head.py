@@ -18,6 +18,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 from sklearn_compat.base import _fit_context
 
+from skddh.models._pickle import CPUStateMixin
 from skddh.models._targets import TargetsMixin
 
 
@@ -37,7 +38,7 @@ def _build_module(n_features, hidden, dropout, n_out):
     )
 
 
-class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
+class MeasurementRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstimator):
     """MLP head (features -> hidden -> measurements): L1 for angles, cross-entropy for grades.
 
     Parameters
@@ -247,14 +248,6 @@ class MeasurementRegressor(TargetsMixin, RegressorMixin, BaseEstimator):
         of them in the order of ``classification_targets``.
         """
         return self._probabilities(self._forward(X))
-
-    def __getstate__(self):
-        from skddh.models import _torch as T
-
-        state = super().__getstate__()
-        if "module_" in state:
-            state["module_"] = T.cpu_state(state["module_"])
-        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

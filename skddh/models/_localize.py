@@ -35,6 +35,7 @@ from sklearn_compat.base import _fit_context
 
 from skddh.models import _batches as B
 from skddh.models._images import ImageSource
+from skddh.models._pickle import CPUStateMixin
 
 SIDES = ("R", "L")
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
@@ -277,7 +278,7 @@ def _loss(out, centre, log_wh, size: int):
 # ---- the estimator ---------------------------------------------------------------------------
 
 
-class HipJointLocalizer(TransformerMixin, BaseEstimator):
+class HipJointLocalizer(CPUStateMixin, TransformerMixin, BaseEstimator):
     """Right and left hip boxes on AP pelvis radiographs; per-hip crops for a classifier.
 
     A heatmap keypoint model on a timm backbone (see the module docstring): one heatmap per
@@ -644,14 +645,6 @@ class HipJointLocalizer(TransformerMixin, BaseEstimator):
         return self.crop(X)
 
     # ---- pickling and tags ---------------------------------------------------------------
-    def __getstate__(self):
-        from skddh.models import _torch as T
-
-        state = super().__getstate__()
-        if "module_" in state:
-            state["module_"] = T.cpu_state(state["module_"])
-        return state
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False

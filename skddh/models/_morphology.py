@@ -28,6 +28,7 @@ from sklearn_compat.base import _fit_context
 
 from skddh.models import _batches as B
 from skddh.models._images import ImageSource
+from skddh.models._pickle import CPUStateMixin
 
 # ---- pure functions on arrays ----------------------------------------------------------------
 
@@ -102,7 +103,7 @@ def _labels_frame(y) -> pd.DataFrame:
     return pd.DataFrame(arr, columns=[f"y{j}" for j in range(arr.shape[1])])
 
 
-class MorphologyClassifier(ClassifierMixin, BaseEstimator):
+class MorphologyClassifier(CPUStateMixin, ClassifierMixin, BaseEstimator):
     """Images -> several binary findings (multi-label), a timm backbone trained end to end.
 
     Parameters
@@ -634,14 +635,6 @@ class MorphologyClassifier(ClassifierMixin, BaseEstimator):
         return 1 / (1 + np.exp(-self._logits(X)[:, len(self.label_names_) :]))
 
     # ---- pickling and tags -----------------------------------------------------------------
-    def __getstate__(self):
-        from skddh.models import _torch as T
-
-        state = super().__getstate__()
-        if "module_" in state:
-            state["module_"] = T.cpu_state(state["module_"])
-        return state
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False

@@ -21,6 +21,7 @@ from sklearn_compat.base import _fit_context
 
 from skddh.models import _batches as B
 from skddh.models._images import ImageSource
+from skddh.models._pickle import CPUStateMixin
 
 
 def _build(backbone, in_chans, proj_dim, pred_dim):
@@ -48,7 +49,7 @@ def _build(backbone, in_chans, proj_dim, pred_dim):
     return encoder, projector, predictor
 
 
-class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
+class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
     """Self-supervised SimSiam pretraining of a timm encoder; ``transform`` gives its features.
 
     Parameters
@@ -132,6 +133,8 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
     >>> enc.transform(images[:3]).shape
     (3, 512)
     """
+
+    _torch_attributes = ("encoder_",)
 
     _parameter_constraints: dict = {
         "backbone": [str],
@@ -444,14 +447,6 @@ class SimSiamFeaturizer(TransformerMixin, BaseEstimator):
         return np.asarray([f"simsiam{i}" for i in range(self.n_features_out_)], dtype=object)
 
     # ---- pickling and tags -----------------------------------------------------------------
-    def __getstate__(self):
-        from skddh.models import _torch as T
-
-        state = super().__getstate__()
-        if "encoder_" in state:
-            state["encoder_"] = T.cpu_state(state["encoder_"])
-        return state
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
