@@ -24,6 +24,7 @@ from skddh.conformal._base import no_groups_message
 from skddh.metrics import utility
 from skddh.policy._cache import FITS, PREDICTIONS, content_key, dumps_fit, loads_fit
 from skddh.policy._rules import DEFAULT_THRESHOLDS, RULES, rule_margin, rule_measurements
+from skddh.policy._thresholds import check_covariates, check_threshold_spec, resolve_thresholds
 
 
 def _fit_bounds(estimator, X, y, groups, fit_params):
@@ -71,11 +72,21 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         return OneSidedConformalRegressor(self.estimator)
 
     def _thresholds(self):
-        thr = DEFAULT_THRESHOLDS if self.thresholds is None else self.thresholds
-        for name, value in thr.items():
-            if not isinstance(value, Real) or not np.isfinite(value):
-                raise ValueError(f"thresholds[{name!r}] must be a finite number, got {value!r}.")
-        return {str(k): float(v) for k, v in thr.items()}
+        """The thresholds in force: name -> float, or a callable of the covariates."""
+        return check_threshold_spec(
+            DEFAULT_THRESHOLDS if self.thresholds is None else self.thresholds
+        )
+
+    def _uses_covariates(self, estimator=None) -> bool:
+        """Whether the conformal regressor is calibrated within strata of the covariates."""
+        est = self._base_bounds() if estimator is None else estimator
+        return getattr(est, "mondrian", None) is not None
+
+    def _with_covariates(self, X, fit_params, covariates):
+        """Fit parameters plus ``covariates`` when the regressor calibrates by stratum."""
+        if covariates is None or not self._uses_covariates():
+            return fit_params
+        return {**fit_params, "covariates": check_covariates(covariates, _num_samples(X))}
 
     def _split_y(self, y):
         """Targets for the regressor and, if ``outcome`` is set, the paired finding column."""
@@ -145,37 +156,50 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         if groups is None and unit != "image":
             raise ValueError(no_groups_message(type(self).__name__, unit))
 
-    def _lower_bounds(self, X, delta) -> np.ndarray:
+    def _lower_bounds(self, X, delta, covariates=None) -> np.ndarray:
         """Lower bounds (n_samples, n_targets) of the fitted regressor at ``delta``.
 
         Candidates of one cached search predict the same fold with the same fit: the
         regressor's components (an encoder's forward pass) are kept and each delta applied.
+        A regressor calibrated by stratum (``mondrian``) gets the covariates.
         """
         est = self.estimator_
+        kw = {}
+        if self._uses_covariates(est):
+            if covariates is None:
+                raise ValueError(
+                    f"the regressor is calibrated by stratum (mondrian={est.mondrian!r}); "
+                    "pass covariates= (a DataFrame, one row per image)."
+                )
+            kw["covariates"] = check_covariates(covariates, _num_samples(X))
         if not hasattr(est, "predict_components"):  # a duck-typed regressor: predict_lower only
-            lb = np.asarray(est.predict_lower(X, delta=delta), dtype=float)
+            lb = np.asarray(est.predict_lower(X, delta=delta, **kw), dtype=float)
             return lb.reshape(len(lb), -1)
         if self._cache_key_ is None:
-            return est.lower_from_components(est.predict_components(X), delta)
+            return est.lower_from_components(est.predict_components(X), delta, **kw)
         pkey = (self._cache_key_, content_key(X))
         comp = PREDICTIONS.get(pkey)
         if comp is None:
             comp = est.predict_components(X)
             PREDICTIONS.put(pkey, comp)
-        return est.lower_from_components(comp, delta)
+        return est.lower_from_components(comp, delta, **kw)
 
-    def abnormal(self, y) -> np.ndarray:
+    def abnormal(self, y, covariates=None) -> np.ndarray:
         """Which hips are truly abnormal: the definition of a *missed finding*.
 
         With ``outcome`` set, the paired X-ray finding in that column of ``y`` (1 = abnormal).
         Otherwise a hip is abnormal when any measurement named in ``thresholds`` is truly
-        below its threshold. That definition does not depend on the rule, so utilities
-        compare across rules.
+        below its threshold (for a threshold that depends on the covariates, the threshold of
+        that row). That definition does not depend on the rule, so utilities compare across
+        rules.
 
         Parameters
         ----------
         y : DataFrame or array-like
             True measurements (and the outcome column), as given to ``fit``.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            Required when a threshold is a callable of the covariates (e.g.
+            :class:`~skddh.policy.GrafAlphaThreshold`).
 
         Returns
         -------
@@ -206,7 +230,9 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
             raise ValueError(
                 f"y has NaN at row {row}, measurement {list(thr)[col]!r}: its truth is unknown."
             )
-        return (vals < np.array(list(thr.values()))).any(axis=1)
+        t = resolve_thresholds(thr, covariates, len(vals))
+        cut = np.column_stack([np.broadcast_to(t[name], (len(vals),)) for name in thr])
+        return (vals < cut).any(axis=1)
 
     @property
     def n_features_in_(self):
@@ -316,7 +342,12 @@ class SelectiveImagingPolicy(_PolicyBase):
         Miscoverage per measurement in (0, 1); a dict must name every measurement the rule
         reads (other targets keep the regressor's delta).
     thresholds : dict, default=None
-        Measurement -> threshold; ``None`` means ``{"alpha": 60.0, "coverage": 50.0}``.
+        Measurement -> threshold; ``None`` means ``{"alpha": 60.0, "coverage": 50.0}``. A
+        threshold may be a callable of the ``covariates`` DataFrame returning one threshold
+        per row, e.g. :class:`~skddh.policy.GrafAlphaThreshold` (50 deg before 12 weeks, 60
+        after); :meth:`predict`, :meth:`score` and :meth:`abnormal` then need ``covariates``.
+        The rule guarantees hold unchanged because the threshold depends only on covariates
+        observed before the outcome (see :mod:`skddh.policy._thresholds`).
     outcome : str, default=None
         A column of ``y`` holding a paired X-ray finding (1 = abnormal), used for scoring and
         not as a regression target. Without it a missed finding is a passed hip with a
@@ -329,6 +360,16 @@ class SelectiveImagingPolicy(_PolicyBase):
         Caches the fitted regressor, keyed on its parameters and the data, as
         ``Pipeline(memory=...)`` does; candidates that differ only in ``rule``/``delta`` then
         share one fit.
+
+    Notes
+    -----
+    ``covariates`` (``fit``, ``predict``, ``score``...) is a DataFrame with one row per image
+    of facts observed before the outcome (``age_weeks``, ``side``, ``machine``). It feeds
+    covariate thresholds and a regressor calibrated by stratum
+    (``OneSidedConformalRegressor(mondrian=...)``). Inside ``GridSearchCV`` or
+    ``cross_validate`` route it with metadata routing:
+    ``sklearn.set_config(enable_metadata_routing=True)`` and
+    ``policy.set_fit_request(groups=True, covariates=True).set_score_request(covariates=True)``.
 
     Attributes
     ----------
@@ -395,7 +436,7 @@ class SelectiveImagingPolicy(_PolicyBase):
         self.memory = memory
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y, groups=None, **fit_params):
+    def fit(self, X, y, groups=None, covariates=None, **fit_params):
         """Fit the conformal regressor on the measurements in ``y``.
 
         Parameters
@@ -406,6 +447,9 @@ class SelectiveImagingPolicy(_PolicyBase):
             Measurements (plus the ``outcome`` column when set).
         groups : array-like of shape (n_samples,), default=None
             Subject ids for the subject-level calibration split.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            Facts observed before the outcome, one row per image; passed to a regressor
+            calibrated by stratum (``mondrian``), checked otherwise.
         **fit_params : dict
             Passed to the regressor's ``fit``.
 
@@ -419,13 +463,21 @@ class SelectiveImagingPolicy(_PolicyBase):
         self.thresholds_ = self._check_thresholds(list(y_fit.columns), self.rule)
         if isinstance(self.delta, dict):
             _check_delta_names(self.delta, y_fit.columns)
+        check_covariates(covariates, _num_samples(X))
+        fit_params = self._with_covariates(X, fit_params, covariates)
         self.estimator_, self._cache_key_ = self._fit_base(X, y_fit, groups, fit_params)
         self.target_names_ = np.asarray(self.estimator_.target_names_)
         self.classes_ = np.array([0, 1])
         return self
 
-    def predict_lower(self, X) -> pd.DataFrame:
+    def predict_lower(self, X, covariates=None) -> pd.DataFrame:
         """Calibrated lower bounds per measurement at the policy's ``delta``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+        covariates : DataFrame, default=None
+            One row per image; required by a regressor calibrated by stratum.
 
         Returns
         -------
@@ -435,30 +487,33 @@ class SelectiveImagingPolicy(_PolicyBase):
         check_is_fitted(self)
         used = rule_measurements(self.rule, self.thresholds_)
         delta = _full_delta(self.estimator_, self.delta, used)
-        lb = self._lower_bounds(X, delta)
+        lb = self._lower_bounds(X, delta, covariates)
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame(lb, columns=self.target_names_, index=index)
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X, covariates=None) -> np.ndarray:
         """Margin of the bounds over the thresholds under the rule; passed when ``>= 0``.
 
         ``-inf`` (fail-safe referral) for a case the policy cannot vouch for, whatever the
         base estimator does with it: a non-finite bound, a bound above the measurement's
         physical maximum, or an input row that is flagged (:func:`untrustworthy_rows`: a
-        NaN or infinite value, or a constant image).
+        NaN or infinite value, or a constant image). ``covariates`` (one row per image) is
+        required when a threshold depends on them or the regressor is calibrated by stratum.
         """
-        margin = rule_margin(self.predict_lower(X), self.thresholds_, self.rule)
+        lower = self.predict_lower(X, covariates)
+        thr = resolve_thresholds(self.thresholds_, covariates, len(lower))
+        margin = rule_margin(lower, thr, self.rule)
         return np.where(untrustworthy_rows(X), -np.inf, margin)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, covariates=None) -> np.ndarray:
         """1 = ultrasound suffices, 0 = refer to X-ray."""
-        return (self.decision_function(X) >= 0).astype(int)
+        return (self.decision_function(X, covariates) >= 0).astype(int)
 
-    def score(self, X, y, sample_weight=None) -> float:
+    def score(self, X, y, sample_weight=None, covariates=None) -> float:
         """Decision utility ``-radiation_cost * xray_rate - miss_penalty * missed_rate``."""
         return utility(
-            self.predict(X),
-            self.abnormal(y),
+            self.predict(X, covariates),
+            self.abnormal(y, covariates),
             radiation_cost=self.radiation_cost,
             miss_penalty=self.miss_penalty,
             sample_weight=sample_weight,

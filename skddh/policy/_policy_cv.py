@@ -33,6 +33,7 @@ from skddh.policy._policy import (
     _PolicyBase,
 )
 from skddh.policy._rules import RULES, rule_margin, rule_measurements
+from skddh.policy._thresholds import check_covariates, resolve_thresholds
 
 __all__ = ["SelectiveImagingPolicyCV"]
 
@@ -62,32 +63,36 @@ def _tie_key(rule, delta, thresholds):
     return max(values), sum(values) / len(values), _CONSERVATIVENESS[rule]
 
 
-def _lower_bounds_of(fitted, X):
+def _lower_bounds_of(fitted, X, kw):
     """``delta -> (n_samples, n_targets)`` lower bounds on ``X``, one forward pass for all."""
     if hasattr(fitted, "predict_components"):
         components = fitted.predict_components(X)
 
         def lower(delta):
-            return fitted.lower_from_components(components, delta)
+            return fitted.lower_from_components(components, delta, **kw)
 
     else:  # a duck-typed regressor: predict_lower only
 
         def lower(delta):
-            lb = np.asarray(fitted.predict_lower(X, delta=delta), dtype=float)
+            lb = np.asarray(fitted.predict_lower(X, delta=delta, **kw), dtype=float)
             return lb.reshape(len(lb), -1)
 
     return lower
 
 
-def _score_fold(policy, X, y_fit, abnormal, groups, train, test, candidates, fit_params):
+def _score_fold(
+    policy, X, y_fit, abnormal, groups, covariates, train, test, candidates, fit_params
+):
     """Fit once on ``train``; utility, pass and missed rates of every candidate on ``test``."""
     g = None if groups is None else groups[train]
     params = subset_fit_params(X, fit_params, train)  # sample_weight of the fold's rows
     fitted, _ = policy._fit_base(_take(X, train), y_fit.iloc[train], g, params)
-    lower = _lower_bounds_of(fitted, _take(X, test))
+    cov_test = None if covariates is None else covariates.iloc[test].reset_index(drop=True)
+    kw = {"covariates": cov_test} if policy._uses_covariates(fitted) else {}
+    lower = _lower_bounds_of(fitted, _take(X, test), kw)
     names = [str(t) for t in fitted.target_names_]
     ab = abnormal[test]
-    thr = policy.thresholds_
+    thr = resolve_thresholds(policy.thresholds_, cov_test, len(test))
     rows = []
     with warnings.catch_warnings():
         # A delta too small for the fold's calibration set is a legitimate candidate (every
@@ -243,7 +248,7 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         return rules, deltas
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y, groups=None, **fit_params):
+    def fit(self, X, y, groups=None, covariates=None, **fit_params):
         """Score every (rule, delta) candidate by cross-validation, refit the best.
 
         Parameters
@@ -252,6 +257,9 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         y : DataFrame or array-like of shape (n_samples, n_targets)
         groups : array-like of shape (n_samples,), default=None
             Subject ids: used by the folds and by each calibration split.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            Facts observed before the outcome, one row per image: for thresholds that are
+            callables of them and for a regressor calibrated by stratum.
         **fit_params : dict
             Passed to the regressor's ``fit``.
 
@@ -266,7 +274,9 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         names = list(y_fit.columns)
         self.thresholds_ = self._thresholds()
         rules, deltas = self._grid(names)
-        abnormal = self.abnormal(y)
+        covariates = check_covariates(covariates, len(y_fit), "y")
+        abnormal = self.abnormal(y, covariates)
+        fold_params = self._with_covariates(X, fit_params, covariates)
         groups_arr = None if groups is None else np.asarray(groups)
         cv = self.cv
         if isinstance(cv, Integral) and groups_arr is not None:
@@ -289,7 +299,7 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         )
         scores = Parallel(n_jobs=self.n_jobs)(
             delayed(_score_fold)(
-                self, X, y_fit, abnormal, groups_arr, tr, te, candidates, fit_params
+                self, X, y_fit, abnormal, groups_arr, covariates, tr, te, candidates, fold_params
             )
             for tr, te in splits
         )
@@ -320,28 +330,28 @@ class SelectiveImagingPolicyCV(_PolicyBase):
             radiation_cost=self.radiation_cost,
             miss_penalty=self.miss_penalty,
             memory=self.memory,
-        ).fit(X, y, groups=groups, **fit_params)
+        ).fit(X, y, groups=groups, covariates=covariates, **fit_params)
         self.estimator_ = self.policy_.estimator_
         self.target_names_ = self.policy_.target_names_
         self.classes_ = self.policy_.classes_
         return self
 
-    def predict_lower(self, X) -> pd.DataFrame:
+    def predict_lower(self, X, covariates=None) -> pd.DataFrame:
         """Lower bounds of the best policy (see :meth:`SelectiveImagingPolicy.predict_lower`)."""
         check_is_fitted(self)
-        return self.policy_.predict_lower(X)
+        return self.policy_.predict_lower(X, covariates)
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X, covariates=None) -> np.ndarray:
         """Margin under the best rule; passed when ``>= 0``."""
         check_is_fitted(self)
-        return self.policy_.decision_function(X)
+        return self.policy_.decision_function(X, covariates)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, covariates=None) -> np.ndarray:
         """1 = ultrasound suffices, 0 = refer to X-ray, under the best candidate."""
         check_is_fitted(self)
-        return self.policy_.predict(X)
+        return self.policy_.predict(X, covariates)
 
-    def score(self, X, y, sample_weight=None) -> float:
+    def score(self, X, y, sample_weight=None, covariates=None) -> float:
         """Decision utility of the best policy."""
         check_is_fitted(self)
-        return self.policy_.score(X, y, sample_weight=sample_weight)
+        return self.policy_.score(X, y, sample_weight=sample_weight, covariates=covariates)

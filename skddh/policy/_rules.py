@@ -56,7 +56,8 @@ def rule_margin(lower, thresholds: dict, rule: str) -> np.ndarray:
     lower : DataFrame or mapping of name -> array of shape (n,)
         Lower bounds per measurement.
     thresholds : dict
-        Measurement name -> clinical threshold.
+        Measurement name -> clinical threshold: a number, or an array of shape (n,) with one
+        threshold per case (see :func:`resolve_thresholds`).
     rule : {"alpha", "or", "and"}
 
     Returns
@@ -81,7 +82,13 @@ def rule_margin(lower, thresholds: dict, rule: str) -> np.ndarray:
         raise ValueError(f"lower bounds lack measurement(s) {missing} that rule {rule!r} reads.")
     lb = np.column_stack([np.asarray(lower[c], dtype=float) for c in cols])
     top = np.array([PHYSICAL_RANGES.get(c, (-np.inf, np.inf))[1] for c in cols])
-    m = lb - np.array([float(thresholds[c]) for c in cols])
+    thr = [np.asarray(thresholds[c], dtype=float) for c in cols]
+    bad = [c for c, t in zip(cols, thr) if t.ndim > 1 or (t.ndim == 1 and len(t) != len(lb))]
+    if bad:
+        raise ValueError(
+            f"thresholds for {bad} must be a number or one value per case ({len(lb)} cases)."
+        )
+    m = lb - np.column_stack([np.broadcast_to(t, (len(lb),)) for t in thr])
     combined = m.max(axis=1) if rule == "or" else m.min(axis=1)
     sound = np.isfinite(lb).all(axis=1) & (lb <= top).all(axis=1)
     return np.where(sound, combined, -np.inf)

@@ -1,0 +1,527 @@
+"""Policies calibrated for the decision, not per measurement: risk control and selection.
+
+:class:`~skddh.SelectiveImagingPolicy` bounds each measurement; the two policies here
+calibrate the pass decision itself on held-out subjects, around a point regressor:
+
+- :class:`RiskControlledPolicy` picks the margin ``m`` (pass when the rule's margin of the
+  *predictions* over the thresholds is ``>= m``) so that the missed-finding rate
+  ``P(pass and abnormal)`` of a new subject is controlled: with high probability
+  (Learn-then-Test, ``method="ltt"``) or in expectation (conformal risk control,
+  ``method="crc"``); the pure functions are :func:`skddh.conformal.learn_then_test` and
+  :func:`skddh.conformal.conformal_risk_control`.
+- :class:`ConformalSelectionPolicy` passes the hips whose conformal p-values survive
+  Benjamini-Hochberg at level ``q``: the share of abnormal hips among those passed (a false
+  discovery rate) is at most ``q`` (:func:`skddh.conformal.conformal_selection`).
+
+Both split the training data by subject into a part that fits the regressor and a part that
+calibrates, as :class:`~skddh.OneSidedConformalRegressor` does.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.linear_model import Ridge
+from sklearn.utils import check_random_state, get_tags
+
+# Private helpers, stable since scikit-learn 1.3; sklearn-compat does not re-export them.
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import _num_samples, check_is_fitted
+from sklearn_compat.base import _fit_context
+
+from skddh.conformal._base import check_groups, no_groups_message, subset_fit_params, take
+from skddh.conformal._risk import (
+    AGGREGATES,
+    LTT_METHODS,
+    conformal_risk_control,
+    learn_then_test,
+    subject_losses,
+)
+from skddh.conformal._selection import conformal_selection
+from skddh.conformal._split import _split
+from skddh.metrics import utility
+from skddh.policy._policy import _PolicyBase, untrustworthy_rows
+from skddh.policy._rules import RULES, rule_margin
+from skddh.policy._thresholds import check_covariates, resolve_thresholds
+
+__all__ = ["ConformalSelectionPolicy", "RiskControlledPolicy"]
+
+
+def default_margins() -> np.ndarray:
+    """-5 to 30 (deg or pp) in steps of 0.5, then ``+inf`` (refer every hip)."""
+    return np.r_[np.linspace(-5.0, 30.0, 71), np.inf]
+
+
+class _CalibratedPointPolicy(_PolicyBase):
+    """A point regressor fitted on some subjects, the decision calibrated on the others."""
+
+    def _base_bounds(self):  # the fitted regressor is a plain one here
+        return Ridge() if self.estimator is None else self.estimator
+
+    def _fit_point(self, X, y, groups, covariates, fit_params, rule):
+        """Fit on the training subjects; what the calibration subjects need afterwards."""
+        if sp.issparse(X):
+            X = X.tocsr()  # row indexing for the split; the regressor decides about sparse
+        y_fit, _ = self._split_y(y)
+        n = len(y_fit)
+        if _num_samples(X) != n:
+            raise ValueError(f"X has {_num_samples(X)} rows but y has {n}.")
+        self.thresholds_ = self._check_thresholds(list(y_fit.columns), rule)
+        covariates = check_covariates(covariates, n, "y")
+        abnormal = self.abnormal(y, covariates)  # checks NaN and the outcome before fitting
+        if groups is None and self.calibration_unit != "image":
+            raise ValueError(no_groups_message(type(self).__name__, self.calibration_unit))
+        g = np.arange(n) if groups is None else check_groups(groups)
+        if len(g) != n:
+            raise ValueError(f"groups has {len(g)} entries but y has {n} rows.")
+        rng = check_random_state(self.random_state)
+        train, cal = _split(g, self.calibration_size, rng, "calibration_size")
+        target = y_fit.to_numpy(dtype=float)
+        target = target.ravel() if target.shape[1] == 1 else target
+        params = subset_fit_params(X, fit_params, train)
+        self.estimator_ = clone(self._base_bounds()).fit(take(X, train), target[train], **params)
+        self.target_names_ = np.asarray(y_fit.columns, dtype=object)
+        self.classes_ = np.array([0, 1])
+        self.n_calibration_ = len(np.unique(g[cal]))
+        self._seed = int(rng.randint(2**31 - 1))
+        cov_cal = None if covariates is None else covariates.iloc[cal].reset_index(drop=True)
+        margin = self._margin(take(X, cal), cov_cal, rule)
+        return margin, abnormal[cal], g[cal], cov_cal, y_fit.iloc[cal], cal
+
+    def predict_point(self, X) -> pd.DataFrame:
+        """The regressor's point predictions, one column per measurement."""
+        check_is_fitted(self)
+        pred = np.asarray(self.estimator_.predict(X), dtype=float).reshape(_num_samples(X), -1)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return pd.DataFrame(pred, columns=self.target_names_, index=index)
+
+    def _margin(self, X, covariates, rule) -> np.ndarray:
+        """The rule's margin of the point predictions over the thresholds; -inf if untrusted.
+
+        As in :class:`~skddh.SelectiveImagingPolicy`, the regressor sees every row (a regressor
+        that refuses NaN raises) and a row flagged by
+        :func:`~skddh.policy._policy.untrustworthy_rows` is referred whatever it predicts.
+        """
+        pred = self.predict_point(X)
+        thr = resolve_thresholds(self.thresholds_, covariates, len(pred))
+        return np.where(untrustworthy_rows(X), -np.inf, rule_margin(pred, thr, rule))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = get_tags(self._base_bounds()).input_tags.sparse
+        return tags
+
+
+class RiskControlledPolicy(_CalibratedPointPolicy):
+    """Pass a hip when its predictions clear the thresholds by a margin chosen to control misses.
+
+    The policies ``pass when rule_margin(predictions) >= m`` form a family indexed by the
+    margin ``m`` (larger is more conservative). ``fit`` fits ``estimator`` on the training
+    subjects and, on the calibration subjects, picks the least conservative ``m`` on
+    ``margins`` whose missed-finding rate is controlled:
+
+    - ``method="ltt"`` (Learn-then-Test, Angelopoulos et al., arXiv 2110.01052):
+      ``P(R(m_hat) <= alpha) >= 1 - epsilon`` over the calibration draw, where ``R(m)`` is
+      the probability that a new subject is passed while abnormal. Multiple testing over the
+      grid is handled by ``ltt_method``: fixed-sequence testing from the most conservative
+      margin down (valid since the risk is non-increasing in ``m``) or Bonferroni.
+    - ``method="crc"`` (conformal risk control, Angelopoulos et al., arXiv 2208.02814):
+      ``E[R(m_hat)] <= alpha``, on average over calibration sets.
+
+    Both assume the calibration subjects and the new one are i.i.d. from one population; a
+    subject is the unit (``groups``), and ``aggregate="max"`` counts a subject as missed when
+    any of its images is passed while abnormal. Unlike the lower-bound rules, every ``rule``
+    (``"or"`` included) gets the guarantee, since it is calibrated for the decision itself.
+    Abnormal means the ``outcome`` column when set, else a thresholded measurement truly
+    below its threshold (which may depend on covariates, as in
+    :class:`~skddh.SelectiveImagingPolicy`).
+
+    Parameters
+    ----------
+    estimator : regressor, default=None
+        Point regressor of the measurements; ``None`` means ``Ridge()``.
+    alpha : float in (0, 1), default=0.1
+        Target missed-finding rate.
+    method : {"ltt", "crc"}, default="ltt"
+        High-probability (``"ltt"``) or expected (``"crc"``) control.
+    epsilon : float in (0, 1), default=0.1
+        Learn-then-Test's allowed probability of a calibration set whose chosen policy
+        exceeds ``alpha`` (ignored by ``"crc"``).
+    ltt_method : {"fixed_sequence", "bonferroni"}, default="fixed_sequence"
+        Learn-then-Test's multiple-testing correction.
+    margins : array-like, default=None
+        Strictly increasing grid of margins, in the measurements' units; ``None`` means -5 to
+        30 in steps of 0.5 and then ``+inf`` (refer every hip, the fail-safe end of the grid).
+    rule : {"alpha", "or", "and"}, default="alpha"
+        How the measurements' margins combine (see :func:`~skddh.policy.rule_margin`).
+    thresholds : dict, default=None
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+    outcome : str, default=None
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+    aggregate : {"max", "mean"}, default="max"
+        A subject's loss: 1 if any image is missed (``"max"``) or the share missed.
+    calibration_size : float or int, default=0.3
+        Share (or number) of subjects that calibrate the margin.
+    calibration_unit : {"subject", "image"}, default="subject"
+        ``"subject"`` needs ``groups`` at ``fit`` (inside ``GridSearchCV``, through metadata
+        routing); ``"image"`` makes every row its own unit, exact only when no subject has
+        several images.
+    radiation_cost, miss_penalty : float, default=1.0, 10.0
+        The weights of :meth:`score`.
+    random_state : int, RandomState or None, default=None
+        Seed of the subject-level split.
+
+    Attributes
+    ----------
+    estimator_ : regressor
+        Fitted on the training subjects.
+    margin_ : float
+        The chosen margin; ``inf`` (refer everyone, with a warning) when none is certified.
+    margins_ : ndarray
+        The grid.
+    calibration_risk_ : ndarray of shape (n_margins,)
+        The calibration subjects' missed-finding rate at each margin (the plug-in estimate).
+    p_values_ : ndarray of shape (n_margins,) or None
+        Learn-then-Test's p-values of ``R(m) > alpha`` (``None`` for ``"crc"``).
+    n_calibration_ : int
+        Calibration subjects.
+    thresholds_, target_names_, classes_
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from skddh import RiskControlledPolicy
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(600, 1))
+    >>> y = pd.DataFrame({"alpha": 62 + 4 * X[:, 0] + rng.normal(0, 1.5, 600)})
+    >>> policy = RiskControlledPolicy(alpha=0.05, thresholds={"alpha": 60.0}, random_state=0)
+    >>> policy = policy.fit(X[:400], y[:400], groups=np.arange(400) // 2)
+    >>> passed = policy.predict(X[400:])
+    >>> bool(np.mean((passed == 1) & policy.abnormal(y[400:])) <= 0.05)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **_PolicyBase._parameter_constraints,
+        "alpha": [Interval(Real, 0, 1, closed="neither")],
+        "method": [StrOptions({"ltt", "crc"})],
+        "epsilon": [Interval(Real, 0, 1, closed="neither")],
+        "ltt_method": [StrOptions(set(LTT_METHODS))],
+        "margins": ["array-like", None],
+        "rule": [StrOptions(set(RULES))],
+        "aggregate": [StrOptions(set(AGGREGATES))],
+        "calibration_size": [
+            Interval(Real, 0, 1, closed="neither"),
+            Interval(Integral, 1, None, closed="left"),
+        ],
+        "calibration_unit": [StrOptions({"subject", "image"})],
+        "random_state": ["random_state"],
+        "estimator": [HasMethods(["fit", "predict"]), None],
+    }
+    _parameter_constraints.pop("memory")
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        alpha=0.1,
+        method="ltt",
+        epsilon=0.1,
+        ltt_method="fixed_sequence",
+        margins=None,
+        rule="alpha",
+        thresholds=None,
+        outcome=None,
+        aggregate="max",
+        calibration_size=0.3,
+        calibration_unit="subject",
+        radiation_cost=1.0,
+        miss_penalty=10.0,
+        random_state=None,
+    ):
+        self.estimator = estimator
+        self.alpha = alpha
+        self.method = method
+        self.epsilon = epsilon
+        self.ltt_method = ltt_method
+        self.margins = margins
+        self.rule = rule
+        self.thresholds = thresholds
+        self.outcome = outcome
+        self.aggregate = aggregate
+        self.calibration_size = calibration_size
+        self.calibration_unit = calibration_unit
+        self.radiation_cost = radiation_cost
+        self.miss_penalty = miss_penalty
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, groups=None, covariates=None, **fit_params):
+        """Fit the regressor on the training subjects; choose the margin on the others.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+        y : DataFrame or array-like of shape (n_samples, n_targets)
+            Measurements (plus the ``outcome`` column when set).
+        groups : array-like of shape (n_samples,), default=None
+            Subject ids; required unless ``calibration_unit="image"``.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            For thresholds that depend on covariates.
+        **fit_params : dict
+            Passed to the regressor's ``fit`` (per-sample ones sliced to the training rows).
+
+        Returns
+        -------
+        self
+        """
+        margins = default_margins() if self.margins is None else np.asarray(self.margins, float)
+        if margins.ndim != 1 or len(margins) == 0 or np.isnan(margins).any():
+            raise ValueError("margins must be a non-empty 1-D array of numbers.")
+        if (np.diff(margins) <= 0).any():
+            raise ValueError("margins must be strictly increasing (the most conservative last).")
+        margin, abnormal, g_cal, _, _, _ = self._fit_point(
+            X, y, groups, covariates, fit_params, self.rule
+        )
+        # rule_margin(pred - m) = rule_margin(pred) - m for every rule (min/max of shifted
+        # margins), so the policy at m passes exactly where margin >= m.
+        with np.errstate(invalid="ignore"):
+            passed = np.isfinite(margin)[:, None] & (margin[:, None] >= margins[None, :])
+        losses = (passed & abnormal[:, None]).astype(float)
+        self.margins_ = margins
+        self.calibration_risk_ = subject_losses(losses, g_cal, aggregate=self.aggregate)[0].mean(0)
+        if self.method == "ltt":
+            res = learn_then_test(
+                losses,
+                margins,
+                alpha=self.alpha,
+                epsilon=self.epsilon,
+                method=self.ltt_method,
+                groups=g_cal,
+                aggregate=self.aggregate,
+            )
+            self.margin_, self.p_values_ = float(res.lambda_hat), res.p_values
+        else:
+            self.margin_ = conformal_risk_control(
+                losses, margins, alpha=self.alpha, groups=g_cal, aggregate=self.aggregate
+            )
+            self.p_values_ = None
+        return self
+
+    def decision_function(self, X, covariates=None) -> np.ndarray:
+        """The rule's margin of the predictions over the thresholds, less ``margin_``.
+
+        Passed when ``>= 0``; ``-inf`` (referred) for a non-finite prediction or an input row
+        no model can vouch for (:func:`~skddh.policy._policy.untrustworthy_rows`).
+        """
+        check_is_fitted(self)
+        with np.errstate(invalid="ignore"):
+            return self._margin(X, covariates, self.rule) - self.margin_
+
+    def predict(self, X, covariates=None) -> np.ndarray:
+        """1 = ultrasound suffices, 0 = refer to X-ray."""
+        d = self.decision_function(X, covariates)
+        return (np.nan_to_num(d, nan=-np.inf) >= 0).astype(int)
+
+    def score(self, X, y, sample_weight=None, covariates=None) -> float:
+        """Decision utility ``-radiation_cost * xray_rate - miss_penalty * missed_rate``."""
+        return utility(
+            self.predict(X, covariates),
+            self.abnormal(y, covariates),
+            radiation_cost=self.radiation_cost,
+            miss_penalty=self.miss_penalty,
+            sample_weight=sample_weight,
+        )
+
+
+class ConformalSelectionPolicy(_CalibratedPointPolicy):
+    """Pass the hips whose conformal p-values survive Benjamini-Hochberg at level ``q``.
+
+    Conformal selection (Jin and Candès, "Selection by prediction with conformal p-values",
+    JMLR 2023, arXiv 2210.01408), reimplemented from the paper. A hip is null (abnormal) when
+    any thresholded measurement is truly below its threshold. The measurements are combined
+    into ``z = min_j (y_j - t_j)`` (abnormal exactly when ``z < 0``) and the predictions into
+    ``z_hat = min_j (mu_j - t_j)``; :func:`skddh.conformal.conformal_selection` then decides
+    with threshold 0 on the calibration subjects held out at ``fit``.
+
+    **Guarantee.** If the calibration subjects and the test subjects are i.i.d. from one
+    population (the thresholds fixed or functions of covariates, the regressor fitted on
+    other subjects), then over the calibration draw, the test draw and the tie-breaking
+    uniforms, ``FDR = E[#{passed and abnormal} / max(1, #passed)] <= q``: at most a share
+    ``q`` of the hips sent home on ultrasound alone are abnormal, on average. It is a
+    statement about the *batch* passed in one call to :meth:`predict` (each call is one
+    selection), not a per-hip probability nor a bound on one batch's share. Subject level:
+    pass the test ``groups`` to :meth:`predict` (all images of a subject pass or fail
+    together; a subject is abnormal when any image is); without them each row is a unit, which
+    matches the calibration only when subjects have one image each.
+
+    Parameters
+    ----------
+    estimator : regressor, default=None
+        Point regressor of the measurements; ``None`` means ``Ridge()``.
+    q : float in (0, 1), default=0.1
+        Target false discovery rate among the passed.
+    thresholds : dict, default=None
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+    calibration_size : float or int, default=0.3
+        Share (or number) of subjects that calibrate.
+    calibration_unit : {"subject", "image"}, default="subject"
+        As in :class:`RiskControlledPolicy`.
+    randomized : bool, default=True
+        Randomized p-values (exact) or deterministic ones (conservative).
+    radiation_cost, miss_penalty : float, default=1.0, 10.0
+        The weights of :meth:`score`.
+    random_state : int, RandomState or None, default=None
+        Seed of the split and of the tie-breaking uniforms (fixed at ``fit``, so that
+        :meth:`predict` is deterministic).
+
+    Attributes
+    ----------
+    estimator_ : regressor
+    n_calibration_ : int
+        Calibration subjects.
+    thresholds_, target_names_, classes_
+        As in :class:`~skddh.SelectiveImagingPolicy`.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from skddh import ConformalSelectionPolicy
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(600, 1))
+    >>> y = pd.DataFrame({"alpha": 62 + 4 * X[:, 0] + rng.normal(0, 1.5, 600)})
+    >>> policy = ConformalSelectionPolicy(q=0.1, thresholds={"alpha": 60.0}, random_state=0)
+    >>> policy = policy.fit(X[:400], y[:400], groups=np.arange(400))  # one image each
+    >>> passed = policy.predict(X[400:], groups=np.arange(200))
+    >>> bool(passed.mean() > 0.3), bool(policy.abnormal(y[400:])[passed == 1].mean() < 0.2)
+    (True, True)
+    """
+
+    _parameter_constraints: dict = {
+        "estimator": [HasMethods(["fit", "predict"]), None],
+        "q": [Interval(Real, 0, 1, closed="neither")],
+        "thresholds": [dict, None],
+        "calibration_size": [
+            Interval(Real, 0, 1, closed="neither"),
+            Interval(Integral, 1, None, closed="left"),
+        ],
+        "calibration_unit": [StrOptions({"subject", "image"})],
+        "randomized": ["boolean"],
+        "radiation_cost": [Interval(Real, 0, None, closed="left")],
+        "miss_penalty": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    outcome = None  # abnormal is defined by the thresholds (the selection's null)
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        q=0.1,
+        thresholds=None,
+        calibration_size=0.3,
+        calibration_unit="subject",
+        randomized=True,
+        radiation_cost=1.0,
+        miss_penalty=10.0,
+        random_state=None,
+    ):
+        self.estimator = estimator
+        self.q = q
+        self.thresholds = thresholds
+        self.calibration_size = calibration_size
+        self.calibration_unit = calibration_unit
+        self.randomized = randomized
+        self.radiation_cost = radiation_cost
+        self.miss_penalty = miss_penalty
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, groups=None, covariates=None, **fit_params):
+        """Fit the regressor on the training subjects; keep the calibration subjects' scores.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+        y : DataFrame or array-like of shape (n_samples, n_targets)
+        groups : array-like of shape (n_samples,), default=None
+            Subject ids; required unless ``calibration_unit="image"``.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            For thresholds that depend on covariates.
+        **fit_params : dict
+            Passed to the regressor's ``fit``.
+
+        Returns
+        -------
+        self
+        """
+        margin, _, g_cal, cov_cal, y_cal, _ = self._fit_point(
+            X, y, groups, covariates, fit_params, "and"
+        )
+        thr = resolve_thresholds(self.thresholds_, cov_cal, len(y_cal))
+        self.calibration_z_ = rule_margin(y_cal, thr, "and")
+        self.calibration_z_hat_ = margin
+        self.calibration_groups_ = g_cal
+        self._subject_level = groups is not None
+        return self
+
+    def select(self, X, covariates=None, groups=None):
+        """The selection on one batch: decisions, p-values and the BH cut-off.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            The batch of hips to decide on together.
+        covariates : DataFrame, default=None
+            For thresholds that depend on covariates.
+        groups : array-like of shape (n_samples,), default=None
+            Subject ids of the batch (see the class docstring).
+
+        Returns
+        -------
+        skddh.conformal.ConformalSelection
+        """
+        check_is_fitted(self)
+        z_hat = self._margin(X, covariates, "and")
+        kw = {}
+        if self._subject_level:
+            test_groups = np.arange(len(z_hat)) if groups is None else check_groups(groups)
+            if len(test_groups) != len(z_hat):
+                raise ValueError(f"groups has {len(test_groups)} entries but X has {len(z_hat)}.")
+            kw = {"groups": self.calibration_groups_, "test_groups": test_groups}
+        elif groups is not None:
+            raise ValueError(
+                "groups passed to select/predict, but the policy was fitted without groups: "
+                "its calibration units are rows, not subjects."
+            )
+        # An untrusted or unpredictable row has z_hat = -inf: its p-value is 1, never passed.
+        return conformal_selection(
+            self.calibration_z_hat_,
+            self.calibration_z_,
+            z_hat,
+            threshold=0.0,
+            q=self.q,
+            random_state=self._seed,
+            randomized=self.randomized,
+            **kw,
+        )
+
+    def predict(self, X, covariates=None, groups=None) -> np.ndarray:
+        """1 = ultrasound suffices (selected), 0 = refer to X-ray; one selection per call."""
+        return self.select(X, covariates, groups).selected.astype(int)
+
+    def score(self, X, y, sample_weight=None, covariates=None, groups=None) -> float:
+        """Decision utility ``-radiation_cost * xray_rate - miss_penalty * missed_rate``."""
+        return utility(
+            self.predict(X, covariates, groups),
+            self.abnormal(y, covariates),
+            radiation_cost=self.radiation_cost,
+            miss_penalty=self.miss_penalty,
+            sample_weight=sample_weight,
+        )
