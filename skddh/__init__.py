@@ -42,21 +42,30 @@ from skddh.plotting import (
     DecisionCurveDisplay,
     GradCAMDisplay,
 )
-from skddh.policy import SelectiveImagingPolicy, SelectiveImagingPolicyCV
+from skddh.policy import (
+    ConformalSelectionPolicy,
+    GrafAlphaThreshold,
+    RiskControlledPolicy,
+    SelectiveImagingPolicy,
+    SelectiveImagingPolicyCV,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BlandAltmanDisplay",
+    "ConformalSelectionPolicy",
     "CoverageDisplay",
     "DecisionCurveDisplay",
     "FineTuningRegressor",
     "GradCAMDisplay",
+    "GrafAlphaThreshold",
     "HipJointLocalizer",
     "MeasurementRegressor",
     "MorphologyClassifier",
     "OneSidedConformalRegressor",
     "OneSidedCrossConformalRegressor",
+    "RiskControlledPolicy",
     "SelectiveClassifier",
     "SelectiveImagingPolicy",
     "SelectiveImagingPolicyCV",

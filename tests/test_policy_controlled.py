@@ -1,0 +1,251 @@
+"""Risk-controlled and conformal-selection policies: guarantees as statistics, with controls."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+from sklearn.base import clone
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.model_selection import GridSearchCV, GroupKFold
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skddh import ConformalSelectionPolicy, GrafAlphaThreshold, RiskControlledPolicy
+
+THR = {"alpha": 60.0}
+
+
+def _subjects(rng, n_subjects, noise=3.0):
+    """Subjects of 2-4 correlated images; one noisy feature per image predicts alpha."""
+    sizes = rng.integers(2, 5, n_subjects)
+    groups = np.repeat(np.arange(n_subjects), sizes)
+    alpha = rng.normal(62, 4, n_subjects)[groups] + rng.normal(0, 1, len(groups))
+    X = (alpha + rng.normal(0, noise, len(groups)))[:, None]
+    age = rng.uniform(1, 24, n_subjects)[groups]
+    return X, pd.DataFrame({"alpha": alpha}), groups, pd.DataFrame({"age_weeks": age})
+
+
+# One large population stands in for "a new subject": a policy's true risk is its rate there.
+_POP = _subjects(np.random.default_rng(99), 20000)
+
+
+def _true_risk(passed_rows, abnormal_rows, groups):
+    """P(a new subject has an image passed while abnormal), on the population."""
+    hit = np.bincount(groups, weights=(passed_rows & abnormal_rows).astype(float)) > 0
+    return hit.mean()
+
+
+def _risk_at(policy, margin):
+    X, y, g, _ = _POP
+    passed = policy._margin(X, None, policy.rule) >= margin
+    return _true_risk(passed, y["alpha"].to_numpy() < 60, g)
+
+
+def _plugin_margin(policy, alpha):
+    """The naive choice: the least conservative margin whose calibration risk is <= alpha."""
+    return policy.margins_[np.argmax(policy.calibration_risk_ <= alpha)]
+
+
+def _fit(rng, n=80, **kw):
+    X, y, g, _ = _subjects(rng, n)
+    return RiskControlledPolicy(
+        LinearRegression(), thresholds=THR, random_state=int(rng.integers(2**31)), **kw
+    ).fit(X, y, groups=g)
+
+
+def test_ltt_controls_the_risk_with_high_probability_plugin_does_not():
+    """P(R(m_hat) > alpha) <= epsilon over calibration draws; the plug-in violates ~half."""
+    rng = np.random.default_rng(0)
+    alpha, eps, reps = 0.1, 0.1, 300
+    ours, plugin, passed = [], [], []
+    for _ in range(reps):
+        policy = _fit(rng, alpha=alpha, epsilon=eps)
+        ours.append(_risk_at(policy, policy.margin_) > alpha)
+        plugin.append(_risk_at(policy, _plugin_margin(policy, alpha)) > alpha)
+        passed.append(np.isfinite(policy.margin_))
+    se = np.sqrt(eps * (1 - eps) / reps)
+    assert np.mean(ours) <= eps + 3 * se, np.mean(ours)
+    assert np.mean(plugin) > eps + 3 * se, np.mean(plugin)
+    assert np.mean(passed) > 0.9  # a finite margin nearly always: the test is not vacuous
+
+
+def test_crc_controls_the_expected_risk_plugin_does_not():
+    rng = np.random.default_rng(1)
+    alpha, reps = 0.1, 300
+    ours, plugin = [], []
+    for _ in range(reps):
+        policy = _fit(rng, n=40, alpha=alpha, method="crc")  # 12 calibration subjects
+        ours.append(_risk_at(policy, policy.margin_))
+        plugin.append(_risk_at(policy, _plugin_margin(policy, alpha)))
+    ours, plugin = np.array(ours), np.array(plugin)
+    assert ours.mean() <= alpha + 3 * ours.std(ddof=1) / np.sqrt(reps), ours.mean()
+    assert plugin.mean() > alpha + 3 * plugin.std(ddof=1) / np.sqrt(reps), plugin.mean()
+
+
+def test_ltt_through_grid_search_with_routed_groups():
+    """Tuning the regressor by CV utility, then refitting: each candidate stays valid."""
+    rng = np.random.default_rng(2)
+    alpha, eps, reps = 0.1, 0.1, 40
+    violated = []
+    with sklearn.config_context(enable_metadata_routing=True):
+        policy = RiskControlledPolicy(Ridge(), thresholds=THR, alpha=alpha, random_state=0)
+        policy.set_fit_request(groups=True)
+        for _ in range(reps):
+            X, y, g, _ = _subjects(rng, 120)  # folds calibrate on 24 subjects
+            search = GridSearchCV(policy, {"estimator__alpha": [1e-3, 1e3]}, cv=GroupKFold(3)).fit(
+                X, y, groups=g
+            )
+            best = search.best_estimator_
+            violated.append(_risk_at(best, best.margin_) > alpha)
+    assert np.mean(violated) <= eps + 3 * np.sqrt(eps * (1 - eps) / reps), np.mean(violated)
+
+
+def test_groups_are_required_unless_image_level():
+    """GridSearchCV without routing drops groups: the policy refuses, it does not under-cover."""
+    X, y, g, _ = _subjects(np.random.default_rng(8), 40)
+    search = GridSearchCV(
+        RiskControlledPolicy(thresholds=THR),
+        {"alpha": [0.1]},
+        cv=GroupKFold(3),
+        error_score="raise",
+    )
+    with pytest.raises(ValueError, match="set_fit_request"):
+        search.fit(X, y, groups=g)
+    RiskControlledPolicy(thresholds=THR, calibration_unit="image").fit(X, y)
+
+
+def _fdp(passed, abnormal, groups):
+    sel = np.bincount(groups, weights=passed) > 0
+    bad = np.bincount(groups, weights=abnormal.astype(float)) > 0
+    return (sel & bad).sum() / max(1, sel.sum()), sel.mean()
+
+
+def test_selection_controls_fdr_over_subjects_plugin_does_not():
+    """E[share of abnormal subjects among the passed] <= q; passing z_hat >= 0 does not."""
+    rng = np.random.default_rng(3)
+    q, reps = 0.1, 300
+    ours, plugin, share = [], [], []
+    for _ in range(reps):
+        X, y, g, _ = _subjects(rng, 60)
+        Xt, yt, gt, _ = _subjects(rng, 60)
+        policy = ConformalSelectionPolicy(
+            LinearRegression(), q=q, thresholds=THR, random_state=int(rng.integers(2**31))
+        ).fit(X, y, groups=g)
+        ab = policy.abnormal(yt)
+        fdp, passed = _fdp(policy.predict(Xt, groups=gt), ab, gt)
+        ours.append(fdp)
+        share.append(passed)
+        naive = policy.predict_point(Xt)["alpha"].to_numpy() >= 60
+        plugin.append(_fdp(naive, ab, gt)[0])
+    ours, plugin = np.array(ours), np.array(plugin)
+    assert ours.mean() <= q + 3 * ours.std(ddof=1) / np.sqrt(reps), ours.mean()
+    assert plugin.mean() > q + 3 * plugin.std(ddof=1) / np.sqrt(reps), plugin.mean()
+    assert np.mean(share) > 0.1
+
+
+def test_selection_with_age_thresholds_and_batch_semantics():
+    rng = np.random.default_rng(4)
+    X, y, g, cov = _subjects(rng, 150)
+    policy = ConformalSelectionPolicy(
+        thresholds={"alpha": GrafAlphaThreshold()}, random_state=0
+    ).fit(X, y, groups=g, covariates=cov)
+    res = policy.select(X[:60], covariates=cov[:60], groups=g[:60])
+    assert res.selected.shape == (60,) and len(res.pvalues) == len(np.unique(g[:60]))
+    # All images of a subject share its decision.
+    assert all(len(set(res.selected[g[:60] == s])) == 1 for s in np.unique(g[:60]))
+    np.testing.assert_array_equal(
+        policy.predict(X[:60], covariates=cov[:60], groups=g[:60]), res.selected
+    )
+    with pytest.raises(ValueError, match="pass covariates="):
+        policy.predict(X)
+    unfitted_groups = ConformalSelectionPolicy(
+        thresholds=THR, calibration_unit="image", random_state=0
+    ).fit(X, y)
+    with pytest.raises(ValueError, match="fitted without groups"):
+        unfitted_groups.predict(X, groups=g)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"margins": [1.0, 0.5]}, "strictly increasing"),
+        ({"margins": []}, "non-empty"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"thresholds": {"coverage": 50.0}}, "does not predict"),
+        ({"outcome": "ihdi"}, "outcome='ihdi' is not a column"),
+    ],
+)
+def test_risk_policy_bad_input(params, match):
+    X, y, g, _ = _subjects(np.random.default_rng(5), 30)
+    with pytest.raises((ValueError, TypeError), match=match):
+        RiskControlledPolicy(**{"thresholds": THR, **params}).fit(X, y, groups=g)
+
+
+def test_selection_bad_q_and_one_subject():
+    X, y, g, _ = _subjects(np.random.default_rng(6), 30)
+    with pytest.raises(ValueError, match="q"):
+        ConformalSelectionPolicy(q=1.0, thresholds=THR).fit(X, y, groups=g)
+    with pytest.raises(ValueError, match="at least 2 distinct subjects"):
+        ConformalSelectionPolicy(thresholds=THR).fit(X, y, groups=np.zeros(len(y)))
+
+
+def test_failsafe_and_pickle():
+    rng = np.random.default_rng(7)
+    X, y, g, _ = _subjects(rng, 120)
+    policy = RiskControlledPolicy(
+        HistGradientBoostingRegressor(max_iter=20), thresholds=THR, alpha=0.2, random_state=0
+    ).fit(X, y, groups=g)
+    X, _, _, _ = _subjects(rng, 5)
+    X[0, 0] = np.nan  # the NaN-tolerant regressor predicts something; the policy refers it
+    assert policy.predict(X)[0] == 0
+    assert np.isneginf(policy.decision_function(X)[0])
+    again = pickle.loads(pickle.dumps(policy))
+    np.testing.assert_array_equal(again.predict(X[1:]), policy.predict(X[1:]))
+    assert clone(policy).get_params()["alpha"] == 0.2
+    X, y, g, _ = _subjects(rng, 20)
+    nothing = RiskControlledPolicy(thresholds=THR, alpha=0.01, random_state=0)
+    with pytest.warns(UserWarning):  # 6 calibration subjects cannot certify 1 %
+        nothing.fit(X, y, groups=g)
+    assert np.isposinf(nothing.margin_) and not nothing.predict(X).any()
+
+
+# Why the policies fail these checks: as for SelectiveImagingPolicy (tests/test_policy.py),
+# they learn from continuous measurements and predict 0/1 decisions, not y's labels.
+LABELS_ARE_NOT_TARGETS = (
+    "the policy is fitted on continuous measurements and predicts 0/1 referral decisions, "
+    "not the class labels it was fitted on"
+)
+EXPECTED_FAILURES = {
+    "check_classifiers_train": LABELS_ARE_NOT_TARGETS,
+    "check_classifiers_classes": LABELS_ARE_NOT_TARGETS + " (string labels are not numbers)",
+    "check_classifiers_one_label": LABELS_ARE_NOT_TARGETS,
+    "check_classifiers_one_label_sample_weights": LABELS_ARE_NOT_TARGETS,
+    "check_classifier_multioutput": "one decision per hip from several measurements, by design",
+    "check_classifiers_regression_target": "a continuous y is exactly what the policy learns from",
+}
+
+
+@parametrize_with_checks(
+    [
+        RiskControlledPolicy(
+            thresholds={"y0": 0.37},
+            rule="and",
+            alpha=0.3,
+            calibration_unit="image",
+            random_state=0,
+        ),
+        ConformalSelectionPolicy(
+            thresholds={"y0": 0.37}, q=0.3, calibration_unit="image", random_state=0
+        ),
+    ],
+    expected_failed_checks=lambda est: (
+        EXPECTED_FAILURES
+        if isinstance(est, RiskControlledPolicy)
+        # It refers every row of that check's data, which happens to be the single label.
+        else {k: v for k, v in EXPECTED_FAILURES.items() if k != "check_classifiers_one_label"}
+    ),
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
