@@ -227,7 +227,7 @@ class LowerBoundBase(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
     def _shape(self, out):
         return out[:, 0] if self._y_1d else out
 
-    def predict_lower(self, X, delta=None):
+    def predict_lower(self, X, delta=None, covariates=None):
         """Calibrated lower bounds at ``delta`` (the fitted one by default), without refitting.
 
         Parameters
@@ -235,13 +235,17 @@ class LowerBoundBase(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
         X : array-like
         delta : float or dict, default=None
             Another miscoverage than the fitted one: a float, or target name -> float.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            The rows' covariates: required by a Mondrian estimator (``mondrian`` set),
+            ignored otherwise.
 
         Returns
         -------
         ndarray of shape (n_samples,) or (n_samples, n_targets)
             ``-inf`` where the calibration set cannot support ``delta`` (with a warning).
         """
-        return self._shape(self.lower_from_components(self.predict_components(X), delta))
+        components = self.predict_components(X)
+        return self._shape(self.lower_from_components(components, delta, covariates=covariates))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

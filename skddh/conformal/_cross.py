@@ -208,7 +208,7 @@ class OneSidedCrossConformalRegressor(LowerBoundBase):
         return folds
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y, groups=None, **fit_params):
+    def fit(self, X, y, groups=None, covariates=None, **fit_params):
         """Fit one clone per fold and score every subject out of fold.
 
         Parameters
@@ -218,6 +218,9 @@ class OneSidedCrossConformalRegressor(LowerBoundBase):
         groups : array-like of shape (n_samples,)
             Subject ids; required unless ``calibration_unit="image"`` (through metadata
             routing inside meta-estimators).
+        covariates : DataFrame, default=None
+            Accepted and ignored, so that code written for a Mondrian
+            :class:`OneSidedConformalRegressor` runs unchanged (CV+ has no Mondrian option).
         **fit_params : dict
             Passed to the base estimator's ``fit``, per-sample ones sliced per fold.
 
@@ -262,8 +265,11 @@ class OneSidedCrossConformalRegressor(LowerBoundBase):
         check_is_fitted(self)
         return np.stack([_predict(est, X) for est in self.estimators_], axis=1)
 
-    def lower_from_components(self, components, delta=None) -> np.ndarray:
-        """CV+ lower bounds of shape (n_samples, n_targets) from :meth:`predict_components`."""
+    def lower_from_components(self, components, delta=None, covariates=None) -> np.ndarray:
+        """CV+ lower bounds of shape (n_samples, n_targets) from :meth:`predict_components`.
+
+        ``covariates`` is accepted and ignored (no Mondrian option here).
+        """
         check_is_fitted(self)
         comp = np.asarray(components, dtype=float)
         deltas = self._deltas(self.delta if delta is None else delta)

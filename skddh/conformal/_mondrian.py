@@ -150,6 +150,57 @@ def mondrian_lower_bound(
     return out
 
 
+def stratum_labels(mondrian, covariates, n: int, *, owner: str) -> np.ndarray:
+    """The stratum label of each of ``n`` rows, from ``covariates`` by ``mondrian``.
+
+    ``mondrian`` is a column name of ``covariates`` or a callable taking the ``covariates``
+    DataFrame and returning one label per row. Errors name ``covariates`` (missing, wrong
+    length, missing column, a missing label and its first row).
+    """
+    name = getattr(mondrian, "__name__", None) if callable(mondrian) else None
+    what = f"mondrian={mondrian!r}" if name is None else f"mondrian={name}"
+    if covariates is None:
+        raise ValueError(
+            f"{owner} with {what} needs covariates=<DataFrame, one row per sample> to find "
+            "each sample's stratum; got covariates=None. Inside GridSearchCV or a Pipeline "
+            "they arrive through metadata routing: set_fit_request(covariates=True)."
+        )
+    if not isinstance(covariates, pd.DataFrame):
+        raise ValueError(
+            f"{owner}: covariates must be a pandas DataFrame (one row per sample), got "
+            f"{type(covariates).__name__}."
+        )
+    if len(covariates) != n:
+        raise ValueError(
+            f"{owner}: covariates has {len(covariates)} rows but there are {n} samples "
+            "(one row of covariates per sample)."
+        )
+    columns = [str(c) for c in covariates.columns]
+    if isinstance(mondrian, str):
+        if mondrian not in covariates.columns:
+            raise ValueError(
+                f"{owner}: covariates has no column {mondrian!r} ({what}); its columns are "
+                f"{columns}."
+            )
+        values = covariates[mondrian]
+    else:
+        try:
+            values = mondrian(covariates)
+        except KeyError as exc:
+            raise ValueError(
+                f"{owner}: {what} looked up column {exc.args[0]!r}, which covariates does "
+                f"not have; its columns are {columns}."
+            ) from exc
+    if isinstance(values, pd.DataFrame) and values.shape[1] == 1:
+        values = values.iloc[:, 0]
+    if np.ndim(values) != 1:
+        raise ValueError(
+            f"{owner}: {what} must give one stratum label per row of covariates, shape "
+            f"({n},); got shape {np.shape(values)}."
+        )
+    return _labels(values, n, f"covariates (the stratum labels of {what})")
+
+
 def _labels(values, n: int, name: str) -> np.ndarray:
     """Stratum labels as an array of shape (n,), one type, none missing."""
     try:

@@ -7,6 +7,7 @@ scores, prediction).
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -29,6 +30,7 @@ from skddh.conformal._base import (
     subset_fit_params,
     take,
 )
+from skddh.conformal._mondrian import mondrian_lower_bound, stratum_labels
 from skddh.conformal._quantile import fit_affine, one_sided_quantile
 from skddh.conformal._scores import subject_max_scores, subsample_indices, subsampled_quantile
 
@@ -74,6 +76,23 @@ class OneSidedConformalRegressor(LowerBoundBase):
         themselves; the scores are then no longer exchangeable with a new subject's, and
         coverage is only approximately valid (0.829 for a nominal 0.875 at n = 7 in our
         simulation). Kept for fidelity to the paper.
+    mondrian : str, callable or None, default=None
+        Mondrian (group-conditional) calibration. ``None``: one pooled calibration.
+        A string names a column of the ``covariates`` DataFrame given to ``fit`` and
+        ``predict_lower``; a callable takes that DataFrame and returns one stratum label per
+        row (e.g. ``lambda c: np.where(c["age_weeks"] < 12, "<12w", ">=12w")``). Each stratum
+        is then calibrated on its own calibration units (:func:`mondrian_lower_bound`), and
+        ``n`` in every statement above becomes ``n_s``, the units of that stratum: for a new
+        subject exchangeable with the calibration subjects *of its stratum*,
+        ``P(covered | stratum = s) >= 1 - delta`` in every stratum ``s`` (with
+        ``"subject-max"``: every image of the subject in ``s``; a subject whose images span
+        strata, left and right hips, is one unit in each). The guarantee is conditional on
+        the stratum and marginal over everything else (not conditional on the prediction,
+        nor on a finer subgroup). Strata must be facts fixed before the outcome (age band,
+        side, machine), never a function of ``y``. A stratum with too few calibration units
+        for ``delta`` (``1/(n_s + 1) > delta``) and a stratum absent from the calibration
+        subjects give ``LB = -inf`` (the policy refers) with a UserWarning naming the
+        stratum. Not available with ``calibration_unit="subject-subsample"``.
     random_state : int, RandomState instance or None, default=None
         Controls the training / calibration split and the subsamples.
 
@@ -92,6 +111,18 @@ class OneSidedConformalRegressor(LowerBoundBase):
         Rows of ``residuals_`` drawn per subsample (``"subject-subsample"`` only).
     quantile_ : pandas Series
         ``q+`` per target at the fitted ``delta`` (``LB = y_tilde - q+``); +inf if too small.
+        Pooled over all calibration units, also with ``mondrian`` (then for reference only:
+        the bounds use ``stratum_quantiles_``).
+    strata_ : ndarray or None
+        The strata seen among the calibration units (sorted); None without ``mondrian``.
+    stratum_counts_ : pandas Series or None
+        Calibration units per stratum, ``n_s`` (subjects with an image in the stratum;
+        images for ``"image"``); None without ``mondrian``.
+    stratum_quantiles_ : DataFrame or None
+        ``q+_s`` per stratum (rows) and target (columns) at the fitted ``delta``; +inf where
+        the stratum is too small. None without ``mondrian``.
+    calibration_strata_ : ndarray or None
+        The stratum of each row of ``residuals_``; None without ``mondrian``.
     target_names_ : ndarray of str
         Target names (DataFrame columns, or ``y0``, ``y1``, ...).
     n_calibration_ : int
@@ -129,6 +160,18 @@ class OneSidedConformalRegressor(LowerBoundBase):
     >>> lb = model.predict_lower(X[300:])
     >>> bool(np.mean(y[300:] >= lb) > 0.8)
     True
+
+    Mondrian calibration by age band (a covariate known before the outcome):
+
+    >>> import pandas as pd
+    >>> age = pd.DataFrame({"age_weeks": np.repeat(rng.integers(2, 30, 100), 4)})
+    >>> band = lambda c: np.where(c["age_weeks"] < 12, "<12w", ">=12w")
+    >>> model = OneSidedConformalRegressor(delta=0.2, calibration_size=0.5, mondrian=band,
+    ...                                    random_state=0)
+    >>> model = model.fit(X[:300], y[:300], groups=subject[:300], covariates=age[:300])
+    >>> model.stratum_counts_.to_dict()
+    {'<12w': 14, '>=12w': 24}
+    >>> lb = model.predict_lower(X[300:], covariates=age[300:])
     """
 
     _parameter_constraints: dict = {
@@ -141,6 +184,7 @@ class OneSidedConformalRegressor(LowerBoundBase):
         "calibration_unit": [StrOptions(set(CALIBRATION_UNITS))],
         "n_resamples": [Interval(Integral, 1, None, closed="left")],
         "bias_correction": [StrOptions({"affine", "affine-split"}), None],
+        "mondrian": [None, str, callable],
         "random_state": ["random_state"],
     }
 
@@ -153,6 +197,7 @@ class OneSidedConformalRegressor(LowerBoundBase):
         calibration_unit="subject-max",
         n_resamples=51,
         bias_correction=None,
+        mondrian=None,
         random_state=None,
     ):
         self.estimator = estimator
@@ -161,11 +206,12 @@ class OneSidedConformalRegressor(LowerBoundBase):
         self.calibration_unit = calibration_unit
         self.n_resamples = n_resamples
         self.bias_correction = bias_correction
+        self.mondrian = mondrian
         self.random_state = random_state
 
     # ---- fitting ---------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y, groups=None, **fit_params):
+    def fit(self, X, y, groups=None, covariates=None, **fit_params):
         """Fit the base estimator (unless frozen) and calibrate the lower bounds.
 
         Parameters
@@ -177,6 +223,10 @@ class OneSidedConformalRegressor(LowerBoundBase):
         groups : array-like of shape (n_samples,)
             Subject ids. Required unless ``calibration_unit="image"``; inside a
             meta-estimator they arrive through metadata routing only.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            Facts observed before the outcome, one row per sample (``age_weeks``, ``side``,
+            ``machine``). Required with ``mondrian`` (the strata come from it), ignored
+            without. Not passed to the base estimator.
         **fit_params : dict
             Passed to the base estimator's ``fit`` (per-sample ones, such as
             ``sample_weight``, sliced to the training rows).
@@ -186,9 +236,19 @@ class OneSidedConformalRegressor(LowerBoundBase):
         self
         """
         X, y_arr, groups_arr = self._check_data(X, y, groups)
+        n = len(y_arr)
+        strata = None
+        if self.mondrian is not None:
+            if self.calibration_unit == "subject-subsample":
+                raise ValueError(
+                    "mondrian is not available with calibration_unit='subject-subsample'; "
+                    "use 'subject-max' (the default) or 'image'."
+                )
+            strata = stratum_labels(
+                self.mondrian, covariates, n, owner=f"{type(self).__name__}.fit"
+            )
         rng = check_random_state(self.random_state)
         base = self._base()
-        n = len(y_arr)
         if isinstance(base, FrozenEstimator):
             self.estimator_ = base
             train, cal = np.arange(0), np.arange(n)
@@ -235,7 +295,46 @@ class OneSidedConformalRegressor(LowerBoundBase):
         self.quantile_ = pd.Series(
             self._quantiles(self.delta), index=self.target_names_, name="quantile"
         )
+        self._calibrate_strata(None if strata is None else strata[cal], g_cal)
         return self
+
+    def _calibrate_strata(self, cal_strata, g_cal):
+        """Mondrian state: the strata, their unit counts and ``q+_s`` at the fitted delta."""
+        self.calibration_strata_ = cal_strata
+        if cal_strata is None:
+            self.strata_ = self.stratum_counts_ = self.stratum_quantiles_ = None
+            self._stratum_groups = None
+            return
+        self.strata_ = np.unique(cal_strata)
+        # the units mondrian_lower_bound counts: subjects with an image in s, or images
+        self._stratum_groups = None if self.calibration_unit == "image" else g_cal
+        if self._stratum_groups is None:
+            counts = [int(np.sum(cal_strata == s)) for s in self.strata_]
+        else:
+            counts = [len(np.unique(g_cal[cal_strata == s])) for s in self.strata_]
+        self.stratum_counts_ = pd.Series(counts, index=self.strata_, name="n_calibration")
+        self.stratum_quantiles_ = pd.DataFrame(
+            self._stratum_quantiles(self.delta), index=self.strata_, columns=self.target_names_
+        )
+
+    def _stratum_quantiles(self, delta) -> np.ndarray:
+        """``q+_s`` of shape (n_strata, n_targets) at ``delta``; +inf (and a warning) where
+        a stratum is too small. Computed by :func:`mondrian_lower_bound` as ``0 - LB``."""
+        deltas = self._deltas(delta)
+        # a NaN prediction scored +inf (nan_scores_unbounded): residual -inf, the same rank
+        r = np.where(np.isnan(self.residuals_), -np.inf, self.residuals_)
+        q = np.empty((len(self.strata_), len(deltas)))
+        for d in dict.fromkeys(deltas):  # one call per distinct delta: one warning each
+            cols = [j for j, dj in enumerate(deltas) if dj == d]
+            q[:, cols] = -mondrian_lower_bound(
+                r[:, cols],
+                self.calibration_strata_,
+                np.zeros((len(self.strata_), len(cols))),
+                self.strata_,
+                delta=d,
+                groups=self._stratum_groups,
+            )
+        return q
 
     def _raw_predict(self, X):
         pred = np.asarray(self.estimator_.predict(X), dtype=float)
@@ -275,7 +374,7 @@ class OneSidedConformalRegressor(LowerBoundBase):
             + self.affine_.loc["b"].to_numpy()
         )
 
-    def lower_from_components(self, components, delta=None) -> np.ndarray:
+    def lower_from_components(self, components, delta=None, covariates=None) -> np.ndarray:
         """Lower bounds ``y_tilde - q+(delta)`` of shape (n_samples, n_targets).
 
         Parameters
@@ -284,10 +383,43 @@ class OneSidedConformalRegressor(LowerBoundBase):
             From :meth:`predict_components`.
         delta : float or dict, default=None
             The fitted ``delta`` when None.
+        covariates : DataFrame of shape (n_samples, n_covariates), default=None
+            The rows' covariates, required with ``mondrian`` (each row's stratum picks its
+            ``q+_s``), ignored without.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_targets)
+            ``-inf`` where the calibration set cannot support ``delta`` and, with
+            ``mondrian``, for a row whose stratum is too small or was not seen in calibration
+            (with a warning).
         """
         check_is_fitted(self)
-        q = self.quantile_.to_numpy() if delta is None else self._quantiles(delta)
-        return np.asarray(components, dtype=float) - q
+        comp = np.asarray(components, dtype=float)
+        if self.strata_ is None:
+            q = self.quantile_.to_numpy() if delta is None else self._quantiles(delta)
+            return comp - q
+        test_strata = stratum_labels(
+            self.mondrian, covariates, len(comp), owner=f"{type(self).__name__}.predict_lower"
+        )
+        q = self.stratum_quantiles_.to_numpy() if delta is None else self._stratum_quantiles(delta)
+        idx = pd.Index(self.strata_).get_indexer(test_strata)
+        seen = idx >= 0
+        out = np.full(comp.shape, -np.inf)
+        out[seen] = comp[seen] - q[idx[seen]]
+        if not seen.all():
+            unseen = [
+                v.item() if isinstance(v, np.generic) else v  # plain repr
+                for v in pd.unique(test_strata[~seen])
+            ]
+            warnings.warn(
+                f"{type(self).__name__}: stratum {unseen!r} has no calibration "
+                f"{self._unit_word()} (strata seen in calibration: {self.strata_.tolist()}); "
+                "its lower bounds are -inf.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return out
 
 
 def _split(groups, size, rng, what):
