@@ -249,3 +249,15 @@ EXPECTED_FAILURES = {
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_frozen_regressor_calibrates_on_every_subject():
+    rng = np.random.default_rng(9)
+    X, y, g, _ = _subjects(rng, 60)
+    head = LinearRegression().fit(X, y["alpha"])
+    from sklearn.frozen import FrozenEstimator
+
+    Xc, yc, gc, _ = _subjects(rng, 40)
+    for cls in (RiskControlledPolicy, ConformalSelectionPolicy):
+        policy = cls(FrozenEstimator(head), thresholds=THR, random_state=0).fit(Xc, yc, groups=gc)
+        assert policy.n_calibration_ == 40 and policy.estimator_.estimator is head

@@ -175,3 +175,24 @@ def test_policy_cv_with_age_thresholds():
             thresholds={"alpha": GrafAlphaThreshold()},
             rules=["alpha"],
         ).fit(X, y, groups=g)
+
+
+def test_policy_forwards_covariates_to_a_mondrian_regressor():
+    """Per-band bounds through the policy, its CV twin and a cached fit."""
+    rng = np.random.default_rng(3)
+    X, y, g, cov = _infants(rng, 120)
+    cov["band"] = np.where(cov["age_weeks"] < 12, "young", "old")
+    base = OneSidedConformalRegressor(
+        LinearRegression(), delta=0.3, mondrian="band", random_state=0
+    )
+    policy = SelectiveImagingPolicy(base, rule="alpha", delta=0.2, thresholds={"alpha": 60.0})
+    policy.fit(X, y, groups=g, covariates=cov)
+    assert set(policy.estimator_.strata_) == {"young", "old"}
+    by_hand = clone(base).fit(X, y, groups=g, covariates=cov).predict_lower(X, 0.2, covariates=cov)
+    np.testing.assert_allclose(policy.predict_lower(X, covariates=cov)["alpha"], np.ravel(by_hand))
+    with pytest.raises(ValueError, match="pass covariates="):
+        policy.predict(X)
+    search = SelectiveImagingPolicyCV(
+        base, rules=["alpha"], deltas=[0.2, 0.3], thresholds={"alpha": 60.0}, cv=3
+    ).fit(X, y, groups=g, covariates=cov)
+    assert search.predict(X, covariates=cov).shape == (len(X),)

@@ -134,3 +134,18 @@ def test_headline_agrees_with_the_policy_table(tiny_study, tmp_path):
     assert (tmp_path / "headline.png").stat().st_size > 0
     written = pd.read_csv(tmp_path / "headline.csv", index_col="policy")
     pd.testing.assert_frame_equal(written, head, check_dtype=False)
+
+
+def test_guarantees_table(tiny_study, tmp_path):
+    g = tiny_study.guarantees
+    assert len(g) == 7 and g.attrs["level"] == 0.10
+    assert {"guarantee", "us_pass_rate", "missed", "abnormal_among_passed"} <= set(g.columns)
+    assert g["us_pass_rate"].between(0, 1).all() and (g["missed"] <= g["us_pass_rate"]).all()
+    # 7 calibration subjects: the exact subject-level lower bound cannot certify 0.10 and
+    # refers every hip (fail-safe), as does Learn-then-Test, which needs 22 subjects.
+    assert g.loc["lower bound, subject-level split", "us_pass_rate"] == 0
+    assert g.loc["risk control, Learn-then-Test (eps 0.10)", "us_pass_rate"] == 0
+    write_report(tiny_study, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Guarantees compared at level 0.10" in text
+    assert (tmp_path / "guarantees.csv").stat().st_size > 0

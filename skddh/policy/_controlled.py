@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import Ridge
 from sklearn.utils import check_random_state, get_tags
 
@@ -79,11 +80,17 @@ class _CalibratedPointPolicy(_PolicyBase):
         if len(g) != n:
             raise ValueError(f"groups has {len(g)} entries but y has {n} rows.")
         rng = check_random_state(self.random_state)
-        train, cal = _split(g, self.calibration_size, rng, "calibration_size")
+        if isinstance(self._base_bounds(), FrozenEstimator):  # not refitted: all calibrate
+            train, cal = np.array([], dtype=int), np.arange(n)
+        else:
+            train, cal = _split(g, self.calibration_size, rng, "calibration_size")
         target = y_fit.to_numpy(dtype=float)
         target = target.ravel() if target.shape[1] == 1 else target
         params = subset_fit_params(X, fit_params, train)
-        self.estimator_ = clone(self._base_bounds()).fit(take(X, train), target[train], **params)
+        base = clone(self._base_bounds())
+        self.estimator_ = (
+            base if len(train) == 0 else base.fit(take(X, train), target[train], **params)
+        )
         self.target_names_ = np.asarray(y_fit.columns, dtype=object)
         self.classes_ = np.array([0, 1])
         self.n_calibration_ = len(np.unique(g[cal]))
@@ -143,7 +150,9 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
     Parameters
     ----------
     estimator : regressor, default=None
-        Point regressor of the measurements; ``None`` means ``Ridge()``.
+        Point regressor of the measurements; ``None`` means ``Ridge()``. Wrapped in
+        :class:`~sklearn.frozen.FrozenEstimator` it is not refitted and every row given to
+        ``fit`` calibrates (it must not have been fitted on them).
     alpha : float in (0, 1), default=0.1
         Target missed-finding rate.
     method : {"ltt", "crc"}, default="ltt"
@@ -363,7 +372,8 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
     Parameters
     ----------
     estimator : regressor, default=None
-        Point regressor of the measurements; ``None`` means ``Ridge()``.
+        Point regressor of the measurements; ``None`` means ``Ridge()``; frozen, as in
+        :class:`RiskControlledPolicy`.
     q : float in (0, 1), default=0.1
         Target false discovery rate among the passed.
     thresholds : dict, default=None

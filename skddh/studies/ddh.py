@@ -31,6 +31,7 @@ from skddh.datasets import make_hip_cohort
 from skddh.metrics import coverage, missed_rate, pass_rate
 from skddh.models import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer
 from skddh.policy import DEFAULT_THRESHOLDS, apply_rule
+from skddh.studies.guarantees import compare_guarantees
 from skddh.studies.headline import headline_table, policy_key
 
 __all__ = ["SCALES", "PAPER", "US_MODELS", "StudyResult", "run_study"]
@@ -124,6 +125,9 @@ class StudyResult:
     #: Hips passed with a guarantee: the alpha rule at 0.10 and AND at 0.10/0.10 on the
     #: matched test pairs, with the oracle's share (:func:`~skddh.studies.headline.headline_table`).
     headline: pd.DataFrame | None = None
+    #: Every method at one error level on the matched test pairs, beside the paper's rule
+    #: (:func:`~skddh.studies.guarantees.compare_guarantees`).
+    guarantees: pd.DataFrame | None = None
 
 
 @contextmanager
@@ -272,6 +276,9 @@ def run_study(
         result = _evaluate(cohort, x_us, f_xr, model, head_xr)
         result["calibration_methods"] = _calibration_methods(
             cohort, x_us, [("paper", model), ("split", exact), ("cv+", cv_plus)]
+        )
+        result["guarantees"] = compare_guarantees(
+            cohort, x_us, head_us, model, cal=cal, test_rows=_test_pairs(cohort)[1]
         )
         result["us_model"] = type(head_us).__name__
         result["n_calibration_subjects"] = exact.n_calibration_

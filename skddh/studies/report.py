@@ -104,6 +104,40 @@ default, or `OneSidedCrossConformalRegressor` when subjects are few).
 """
 
 
+def _guarantees_section(result: StudyResult) -> str:
+    """The "Guarantees compared" section: every method at one level on the same hips."""
+    table = result.guarantees
+    if table is None:
+        return ""
+    a = table.attrs
+    shown = table.drop(columns=["guarantee", "min_calibration_units"])
+    promises = "\n".join(
+        f"- **{m}**: {row.guarantee} (passes any hip from {row.min_calibration_units})."
+        for m, row in table.iterrows()
+    )
+    return f"""## Guarantees compared at level {a["level"]:.2f}
+
+Each method reads the same ultrasound model and calibrates on the same calibration subjects;
+all decide on the {a["n_pairs"]} matched test hips (alpha >= 60 deg; the age-aware row uses
+50 deg before 12 weeks). What each promises, for a new subject from the calibration
+population:
+
+{promises}
+
+{_md(shown, ".3f")}
+
+- `us_pass_rate`: share of test hips passed on ultrasound alone.
+- `missed`: passed while the rated alpha is below the method's threshold, as a share of all
+  test hips (the joint rate the lower bounds and risk control bound). `abnormal_among_passed`:
+  the same hips as a share of those passed (what conformal selection bounds).
+  `missed_xray_finding`: passed with an abnormal paired X-ray. `oracle_pass_rate`: the share
+  truly above the threshold.
+- A method that cannot certify any hip with this many calibration units refers every hip
+  (pass rate 0): fail-safe, and the honest answer at the paper's calibration size.
+  `benchmarks/bench_guarantees.py` compares the same methods with more calibration subjects.
+"""
+
+
 def _headline_section(result: StudyResult) -> str:
     """The "Hips passed with a guarantee" section (empty for a result without a headline)."""
     table = result.headline
@@ -175,6 +209,8 @@ def write_report(result: StudyResult, out: str | Path) -> Path:
     atomic_to_csv(result.policy, out / "policy.csv", index=False)
     if result.calibration_methods is not None:
         atomic_to_csv(result.calibration_methods, out / "calibration_methods.csv")
+    if result.guarantees is not None:
+        atomic_to_csv(result.guarantees, out / "guarantees.csv")
     if result.headline is not None:
         atomic_to_csv(result.headline, out / "headline.csv")
         _write_headline_figure(result.headline, out / "headline.png")
@@ -223,6 +259,7 @@ IHDI grade accuracy (X-ray head, cross-entropy): {mae.attrs.get("ihdi_accuracy",
 `mae_median_predictor` is the error of predicting the test median: a head must beat it.
 
 {_methods_section(result)}
+{_guarantees_section(result)}
 ## Calibration radii at delta = 0.10 (n = {result.n_calibration} calibration images{of_subjects})
 
 The paper's calibration (image-level scores, affine correction in sample), as in the paper.
