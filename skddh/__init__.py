@@ -28,6 +28,7 @@ from skddh.metrics import (
 )
 from skddh.model_file import load_policy, save_policy
 from skddh.models import (
+    CrossModalProxy,
     FineTuningRegressor,
     HipJointLocalizer,
     MeasurementRegressor,
@@ -56,6 +57,7 @@ __all__ = [
     "BlandAltmanDisplay",
     "ConformalSelectionPolicy",
     "CoverageDisplay",
+    "CrossModalProxy",
     "DecisionCurveDisplay",
     "FineTuningRegressor",
     "GradCAMDisplay",

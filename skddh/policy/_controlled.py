@@ -19,12 +19,13 @@ calibrates, as :class:`~skddh.OneSidedConformalRegressor` does.
 
 from __future__ import annotations
 
+import inspect
 from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import Ridge
 from sklearn.utils import check_random_state, get_tags
@@ -71,7 +72,14 @@ class _CalibratedPointPolicy(_PolicyBase):
         n = len(y_fit)
         if _num_samples(X) != n:
             raise ValueError(f"X has {_num_samples(X)} rows but y has {n}.")
-        self.thresholds_ = self._check_thresholds(list(y_fit.columns), rule)
+        proxy = self._is_proxy()
+        if proxy and getattr(self, "outcome", None) is None:
+            raise ValueError(
+                f"estimator {type(self._base_bounds()).__name__} is a classifier: it predicts "
+                "the outcome column, so set outcome= (the paired X-ray finding, 0/1)."
+            )
+        # A classifier predicts the outcome, not the measurements: no thresholds apply.
+        self.thresholds_ = {} if proxy else self._check_thresholds(list(y_fit.columns), rule)
         covariates = check_covariates(covariates, n, "y")
         abnormal = self.abnormal(y, covariates)  # checks NaN and the outcome before fitting
         if groups is None and self.calibration_unit != "image":
@@ -84,14 +92,23 @@ class _CalibratedPointPolicy(_PolicyBase):
             train, cal = np.array([], dtype=int), np.arange(n)
         else:
             train, cal = _split(g, self.calibration_size, rng, "calibration_size")
-        target = y_fit.to_numpy(dtype=float)
-        target = target.ravel() if target.shape[1] == 1 else target
+        if proxy:
+            target = abnormal.astype(int)
+        else:
+            target = y_fit.to_numpy(dtype=float)
+            target = target.ravel() if target.shape[1] == 1 else target
         params = subset_fit_params(X, fit_params, train)
         base = clone(self._base_bounds())
+        if "groups" in inspect.signature(base.fit).parameters:  # e.g. CrossModalProxy
+            params["groups"] = g[train]
         self.estimator_ = (
             base if len(train) == 0 else base.fit(take(X, train), target[train], **params)
         )
-        self.target_names_ = np.asarray(y_fit.columns, dtype=object)
+        self.target_names_ = (
+            np.asarray([self.outcome], dtype=object)
+            if proxy
+            else np.asarray(y_fit.columns, dtype=object)
+        )
         self.classes_ = np.array([0, 1])
         self.n_calibration_ = len(np.unique(g[cal]))
         self._seed = int(rng.randint(2**31 - 1))
@@ -99,10 +116,24 @@ class _CalibratedPointPolicy(_PolicyBase):
         margin = self._margin(take(X, cal), cov_cal, rule)
         return margin, abnormal[cal], g[cal], cov_cal, y_fit.iloc[cal], cal
 
+    def _is_proxy(self) -> bool:
+        """Whether the base is a classifier of the outcome (a cross-modal proxy)."""
+        return is_classifier(self._base_bounds())
+
     def predict_point(self, X) -> pd.DataFrame:
-        """The regressor's point predictions, one column per measurement."""
+        """The regressor's point predictions, one column per measurement.
+
+        With a classifier base (a cross-modal proxy): its probability of the outcome, in a
+        column named after ``outcome``.
+        """
         check_is_fitted(self)
-        pred = np.asarray(self.estimator_.predict(X), dtype=float).reshape(_num_samples(X), -1)
+        if self._is_proxy():
+            proba = self.estimator_.predict_proba(X)
+            classes = list(self.estimator_.classes_)
+            pred = np.asarray(proba, dtype=float)[:, [classes.index(1)]]
+        else:
+            pred = np.asarray(self.estimator_.predict(X), dtype=float)
+            pred = pred.reshape(_num_samples(X), -1)
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame(pred, columns=self.target_names_, index=index)
 
@@ -114,8 +145,13 @@ class _CalibratedPointPolicy(_PolicyBase):
         :func:`~skddh.policy._policy.untrustworthy_rows` is referred whatever it predicts.
         """
         pred = self.predict_point(X)
-        thr = resolve_thresholds(self.thresholds_, covariates, len(pred))
-        return np.where(untrustworthy_rows(X), -np.inf, rule_margin(pred, thr, rule))
+        if self._is_proxy():  # the safer the hip, the larger: 1 - P(abnormal outcome)
+            p = pred.to_numpy()[:, 0]
+            margin = np.where(np.isfinite(p) & (p >= 0) & (p <= 1), 1.0 - p, -np.inf)
+        else:
+            thr = resolve_thresholds(self.thresholds_, covariates, len(pred))
+            margin = rule_margin(pred, thr, rule)
+        return np.where(untrustworthy_rows(X), -np.inf, margin)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -149,10 +185,15 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
 
     Parameters
     ----------
-    estimator : regressor, default=None
+    estimator : regressor or classifier, default=None
         Point regressor of the measurements; ``None`` means ``Ridge()``. Wrapped in
         :class:`~sklearn.frozen.FrozenEstimator` it is not refitted and every row given to
-        ``fit`` calibrates (it must not have been fitted on them).
+        ``fit`` calibrates (it must not have been fitted on them). A **classifier** of the
+        ``outcome`` column (the cross-modal proxy, :class:`~skddh.models.CrossModalProxy`)
+        makes the policy refer on the predicted X-ray finding: the margin is ``1 -
+        P(abnormal)``, ``margins`` are then probabilities (default 0 to 1 in steps of 0.01,
+        then ``+inf``), ``thresholds`` and ``rule`` do not apply, and ``outcome`` is
+        required. A base whose ``fit`` takes ``groups`` gets the training subjects' ids.
     alpha : float in (0, 1), default=0.1
         Target missed-finding rate.
     method : {"ltt", "crc"}, default="ltt"
@@ -289,7 +330,12 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
         -------
         self
         """
-        margins = default_margins() if self.margins is None else np.asarray(self.margins, float)
+        if self.margins is not None:
+            margins = np.asarray(self.margins, float)
+        elif self._is_proxy():
+            margins = np.r_[np.linspace(0.0, 1.0, 101), np.inf]
+        else:
+            margins = default_margins()
         if margins.ndim != 1 or len(margins) == 0 or np.isnan(margins).any():
             raise ValueError("margins must be a non-empty 1-D array of numbers.")
         if (np.diff(margins) <= 0).any():
