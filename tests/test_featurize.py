@@ -238,3 +238,78 @@ def test_angle_keeping_augmentation_is_a_parameter(images):
     torch.testing.assert_close(augment(x, 32, ident, torch.Generator()), x, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="crop_ratio must satisfy"):
         _enc(crop_ratio=(2.0, 1.0)).fit(images)
+
+
+def _failing_first_step(pollute, original=SimSiamFeaturizer._make_step):
+    """A ``_make_step`` whose first step runs out of memory, after a forward pass when
+    ``pollute`` (batch norm's running statistics have moved), else before anything."""
+
+    def make_step(self, model, *args):
+        step = original(self, model, *args)
+        calls = {"n": 0}
+
+        def step_that_fails_once(x, gen):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                if pollute:
+                    with torch.no_grad():
+                        model["encoder"](x * 4 + 1)
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return step(x, gen)
+
+        return step_that_fails_once
+
+    return make_step
+
+
+def test_out_of_memory_restores_batch_norm_statistics(images, monkeypatch):
+    """A failed step's forward must not stay in the running statistics (issue 15)."""
+    feats = []
+    for pollute in (False, True):
+        monkeypatch.setattr(SimSiamFeaturizer, "_make_step", _failing_first_step(pollute))
+        with pytest.warns(RuntimeWarning, match="batch_size halved to 8"):
+            enc = _enc(batch_size=16).fit(images[:24])
+        feats.append(enc.transform(images[:4]))
+    np.testing.assert_array_equal(feats[0], feats[1])
+
+
+def test_out_of_memory_while_building_the_batch_is_caught(images, monkeypatch):
+    from skddh.models import _batches as B
+
+    original, calls = B.take, {"n": 0}
+
+    def take(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(B, "take", take)
+    with pytest.warns(RuntimeWarning, match="batch_size halved to 8"):
+        enc = _enc(batch_size=16).fit(images[:24])
+    assert enc.n_steps_ == 3  # 24 images at 8
+
+
+def test_compile_keeps_one_shape_in_fit_and_transform(images, monkeypatch):
+    """compile=True: no short last batch (it would compile again); the CPU test records the
+    shapes the compiled functions see, torch.compile itself replaced by the identity."""
+    shapes = []
+
+    def record(fn, **kwargs):
+        assert kwargs.get("dynamic") is False
+
+        def call(x, *rest):
+            shapes.append(tuple(x.shape))
+            return fn(x, *rest)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", record)
+    enc = _enc(batch_size=8, epochs=2, compile=True).fit(images[:20])  # 8 + 8 + (4 dropped)
+    assert enc.n_steps_ == 2 * 2
+    assert set(shapes) == {(8, 1, 32, 32)}  # each view of each step
+    shapes.clear()
+    got = enc.transform(images[:20])  # 8 + 8 + 4 padded to 8
+    assert set(shapes) == {(8, 1, 32, 32)} and len(shapes) == 3
+    expected = enc.set_params(compile=False).transform(images[:20])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

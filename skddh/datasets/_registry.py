@@ -68,6 +68,11 @@ class SyntheticImageRegistry(Sequence):
     def ndim(self) -> int:
         return 3
 
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        """Images rendered together, h5py-style: reading along these blocks is cheapest."""
+        return (CHUNK, self.image_size, self.image_size)
+
     def __repr__(self) -> str:
         return (
             f"SyntheticImageRegistry(modality={self.modality!r}, n_images={self.n_images}, "
@@ -75,8 +80,9 @@ class SyntheticImageRegistry(Sequence):
         )
 
     def _chunk(self, c: int) -> np.ndarray:
-        if self._cache is not None and self._cache[0] == c:
-            return self._cache[1]
+        cache = self._cache  # read once: a prefetching thread may replace it meanwhile
+        if cache is not None and cache[0] == c:
+            return cache[1]
         images = _render_registry_chunk(
             self.modality, self.seed, c, self.n_images, self.image_size, self.preset
         )

@@ -12,7 +12,10 @@ float files windowed into uint8, decompression bombs refused).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,12 +60,14 @@ class ImageSource:
                 if not Path(p).is_file():
                     raise ValueError(f"X[{i}] = {str(p)!r} is not a file.")
             self.paths = [Path(p) for p in paths]
+            self._pool = None  # the decoding threads, made on the first read (_decoder)
             self.array = None
             self.n, self.channels = len(paths), 1
             self.shape = (self.n, 1, image_size, image_size)
             self.dtype = np.dtype(np.uint8)
             return
         self.paths = None
+        self._pool = None
         if not hasattr(X, "shape") or not hasattr(X, "__getitem__"):
             X = np.asarray(X)
         shape = tuple(X.shape)
@@ -91,6 +96,35 @@ class ImageSource:
     @property
     def in_memory(self) -> bool:
         return isinstance(self.array, np.ndarray)
+
+    @property
+    def chunk_rows(self) -> int:
+        """Images per storage chunk of a lazy array-like (1 when it does not say).
+
+        Read from its ``chunks`` (h5py and zarr: a tuple of ints; dask: a tuple of block
+        sizes per axis; :class:`~skddh.datasets.SyntheticImageRegistry`: its render chunk).
+        """
+        chunks = getattr(self.array, "chunks", None) if not self.in_memory else None
+        try:
+            first = chunks[0]
+            first = first[0] if isinstance(first, tuple) else first
+            return max(1, int(first))
+        except (TypeError, IndexError, ValueError):
+            return 1
+
+    def _decoder(self, n_files: int):
+        """The thread pool that decodes files, made once per source (None: decode inline).
+
+        A pool per batch cost a thread start-up per worker per step; this one lives as long
+        as the source (one fit or one transform) and is shut down when it is collected.
+        """
+        workers = min(8, os.cpu_count() or 1)
+        if workers < 2 or n_files < 2:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="skddh-decode")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
 
     def materialize(self) -> None:
         """Decode a lazy array-like once (e.g. before several epochs), if it is not already."""
@@ -138,26 +172,52 @@ class ImageSource:
 
             # Decoding and resizing release the GIL (Pillow, pydicom's numpy work), so a
             # batch of files decodes in parallel threads; the order of `out` is fixed. The
-            # warning filter is global, so it is set here, around the threads.
-            workers = min(8, os.cpu_count() or 1, len(idx))
-            with _bombs_refused():
-                if workers > 1:
-                    with ThreadPoolExecutor(workers) as pool:
-                        list(pool.map(load, enumerate(idx)))
+            # warning filter is global, so it is set here, around the threads, and only on
+            # the main thread: set from a prefetching thread it could undo a filter the main
+            # thread sets meanwhile. Without it Pillow only warns on a bomb, and
+            # _check_pixel_count still refuses it.
+            pool = self._decoder(len(idx))
+            main = threading.current_thread() is threading.main_thread()
+            with _bombs_refused() if main else contextlib.nullcontext():
+                if pool is not None:
+                    list(pool.map(load, enumerate(idx)))
                 else:
                     for pair in enumerate(idx):
                         load(pair)
             return out
         if isinstance(index, slice) or self.in_memory:
             batch = np.asarray(self.array[index])
-        else:  # lazy array-likes are read by contiguous runs
-            batch = np.stack([np.asarray(self.array[int(i)]) for i in index])
+        else:
+            batch = self._read_runs(np.asarray(index))
         if batch.ndim == 3:
             batch = batch[:, None]
         if self.dtype.kind == "f" and not self.in_memory:
             rows = np.arange(self.n)[index] if isinstance(index, slice) else np.asarray(index)
             self._check_float(batch, rows)
         return batch
+
+    def _read_runs(self, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` of a lazy array-like, one slice per storage chunk touched.
+
+        Reading image by image made the array decode (or, for the synthetic registry,
+        render) a whole chunk per image whenever consecutive images of the batch lay in
+        different chunks. Sorted, the rows of one chunk are read as one slice spanning only
+        that chunk; without chunk information, each run of consecutive rows is one slice.
+        Returned in ``index``'s order.
+        """
+        order = np.argsort(index, kind="stable")
+        rows = index[order]
+        k = self.chunk_rows
+        key = rows // k if k > 1 else rows - np.arange(len(rows))  # same key: one slice
+        cut = np.flatnonzero(np.diff(key)) + 1
+        parts = []
+        for run in np.split(rows, cut):
+            lo, hi = int(run[0]), int(run[-1]) + 1
+            parts.append(np.asarray(self.array[lo:hi])[run - lo])
+        batch = np.concatenate(parts)
+        out = np.empty_like(batch)
+        out[order] = batch
+        return out
 
     def scale(self) -> float:
         """Divide by this to map pixel values to [0, 1] (1 for float images)."""

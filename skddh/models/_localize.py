@@ -508,7 +508,7 @@ class HipJointLocalizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         for epoch in epochs:
             net.train()
             t0, seen, run = time.perf_counter(), 0, torch.zeros((), device=device)
-            order = torch.randperm(src.n, generator=cpu_gen)
+            order = B.epoch_order(data, src.n, cpu_gen, batch)
             for idx in B.epoch_batches(order, batch):
                 factor = _lr_factor(step, warm, total)
                 for g in optim.param_groups:

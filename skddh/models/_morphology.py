@@ -467,6 +467,7 @@ class MorphologyClassifier(CPUStateMixin, ClassifierMixin, BaseEstimator):
         batch = min(self.batch_size, len(tr))
         sched = _Schedule(self.epochs, B.steps_per_epoch(len(tr), batch), 0)
         ctx = _Step(net, optim, data, src, yt, w_t, pw_t, device, size, amp, aug, gen)
+        bn = T.BatchNormGuard(net)  # undone on out-of-memory (see its docstring)
         history, step_i = [], 0
         epochs = range(self.epochs)
         if self.verbose:
@@ -476,21 +477,22 @@ class MorphologyClassifier(CPUStateMixin, ClassifierMixin, BaseEstimator):
         with T.seeded(seed + 3):  # dropout / drop-path draw from the global RNG: keep it local
             for epoch in epochs:
                 net.train()
-                order = tr_t[torch.randperm(len(tr), generator=cpu_gen)]
+                order = B.epoch_order(data, len(tr), cpu_gen, batch, rows=tr_t)
                 t0, seen, start = time.perf_counter(), 0, 0
                 total = torch.zeros((), device=device)
                 while start + 2 <= len(tr):
                     idx = order[start : start + batch]
                     for g in optim.param_groups:
                         g["lr"] = self.lr * sched(step_i)
+                    bn.save()
                     try:
-                        loss = ctx.train_step(idx)
+                        loss = ctx.train_step(idx, B.next_batch(order, start, batch))
                     except RuntimeError as exc:  # out of memory: halve the batch, go on
                         if not T.is_oom(exc) or batch <= 2:
                             raise
+                        bn.restore()  # the failed step's images must not count in batch norm
                         optim.zero_grad(set_to_none=True)
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
+                        T.release_after_oom(exc, device)
                         batch //= 2
                         sched.recount(
                             step_i,
@@ -663,11 +665,11 @@ class _Step:
         )
         return (per.mean(0) * self.w).sum()
 
-    def train_step(self, idx):
+    def train_step(self, idx, ahead=None):
         from skddh.models import _torch as T
         from skddh.models._augment import augment_measurement, normalize
 
-        x = B.take(self.data, self.src, idx, self.device, self.size)
+        x = B.take(self.data, self.src, idx, self.device, self.size, ahead=ahead)
         v = normalize(augment_measurement(x, self.aug, self.gen))
         if self.device.type == "cuda":
             import torch
