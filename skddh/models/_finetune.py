@@ -14,6 +14,8 @@ the epoch-to-epoch swings of a small labelled set without choosing an epoch on h
 
 from __future__ import annotations
 
+import datetime
+import os
 import time
 import warnings
 from numbers import Integral, Real
@@ -27,6 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
 from skddh.models import _batches as B
+from skddh.models import _checkpoint as C
 from skddh.models._images import ImageSource
 from skddh.models._pickle import CPUStateMixin
 from skddh.models._targets import TargetsMixin
@@ -132,6 +135,22 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         Predictions are float32 unless ``"bf16"`` is asked for explicitly.
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, shuffling, augmentation and dropout (local generators only).
+    checkpoint : str, path-like or None, default=None
+        A file to checkpoint the fit to (its directory must exist), so that a fit killed
+        at any moment resumes where it died: fitting again with the same parameters, data
+        and ``encoder`` continues from the file and, on the CPU, ends bitwise equal to a fit
+        that was never interrupted. Saved (atomically: a temporary file renamed over it)
+        after every ``checkpoint_every``-th step and at the end of every epoch: network,
+        optimiser, weight average, every random generator (dropout's included), the
+        epoch's permutation and position, the history. A file from another fit (other
+        parameters, images, targets or encoder weights) is refused with a ``ValueError``;
+        the file is deleted when the fit ends. One path serves one fit: leave it None
+        in searches and cross-validation (their clones would share it). None: no
+        checkpoint.
+    checkpoint_every : int or datetime.timedelta, default=100
+        Optimisation steps between checkpoints, or the time between them (a
+        :class:`datetime.timedelta`: a checkpoint after the first step that ends at
+        least that long after the last one).
     verbose : int, default=0
 
     Attributes
@@ -196,6 +215,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         "device": [str],
         "precision": [StrOptions({"auto", "fp32", "bf16"})],
         "random_state": ["random_state"],
+        "checkpoint": [None, str, os.PathLike],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), datetime.timedelta],
         "verbose": ["verbose"],
     }
 
@@ -229,6 +250,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         device="auto",
         precision="auto",
         random_state=None,
+        checkpoint=None,
+        checkpoint_every=100,
         verbose=0,
     ):
         self.encoder = encoder
@@ -258,6 +281,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         self.device = device
         self.precision = precision
         self.random_state = random_state
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
         self.verbose = verbose
 
     # ---- fitting ---------------------------------------------------------------------------
@@ -310,6 +335,10 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         if freeze:
             net[0].requires_grad_(False)
         net = net.to(device)
+        cl = torch.contiguous_format
+        if device.type == "cuda":  # convolutions in NHWC: the fast layout for tensor cores
+            cl = torch.channels_last
+            net = net.to(memory_format=cl)
         params = [{"params": net[1].parameters(), "lr": self.lr}]
         if not freeze:
             params.append({"params": net[0].parameters(), "lr": self.encoder_lr})
@@ -322,6 +351,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
             ema = AveragedModel(net, multi_avg_fn=avg, use_buffers=True)
 
         data = B.stage(src, device)
+        bn = T.BatchNormGuard(net)  # undone on out-of-memory (see its docstring)
         yr = torch.from_numpy(y_std).to(device)
         yc = torch.from_numpy(y_cls).to(device)
         w_r = torch.from_numpy(w_reg).to(device)
@@ -331,27 +361,74 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         sched = _Schedule(self.epochs, B.steps_per_epoch(src.n, batch), self.warmup_epochs)
         base = [g["lr"] for g in optim.param_groups]
         history, step_i = [], 0
-        epochs = range(self.epochs)
-        if self.verbose:
-            from tqdm.auto import tqdm
+        stateful = dict(net=net, optim=optim, gen=gen, cpu_gen=cpu_gen, rng=C.GlobalRNG(device))
+        if ema is not None:
+            stateful["ema"] = ema
+        names = np.asarray(self.target_names_, dtype=str)
+        ckpt = C.Checkpointer(
+            self.checkpoint,
+            self.checkpoint_every,
+            lambda: C.fingerprint(
+                self, seed, src, y_std, y_cls, self.y_mean_, self.y_scale_, names, encoder=init
+            ),
+            device,
+            **stateful,
+        )
 
-            epochs = tqdm(epochs, desc=type(self).__name__, unit="epoch")
+        def snapshot(end_of_epoch=False):  # the loop's position, for the checkpoint
+            mid = not end_of_epoch
+            return {
+                "epoch": epoch + end_of_epoch,
+                "order": order if mid else None,
+                "start": start if mid else 0,
+                "seen": seen if mid else 0,
+                "total": total.cpu() if mid else None,
+                "seconds": time.perf_counter() - t0 if mid else 0.0,
+                "step": step_i,
+                "batch": batch,
+                "schedule_total": sched.total,
+                "history": history,
+            }
+
         with T.seeded(seed + 3):  # dropout draws from the global RNG: keep it local
+            loop = ckpt.restore()  # None unless resuming (restores dropout's RNG too)
+            if loop is not None:
+                history, step_i = loop["history"], loop["step"]
+                batch, sched.total = loop["batch"], loop["schedule_total"]
+            epochs = range(0 if loop is None else loop["epoch"], self.epochs)
+            if self.verbose:
+                from tqdm.auto import tqdm
+
+                epochs = tqdm(
+                    epochs,
+                    desc=type(self).__name__,
+                    unit="epoch",
+                    initial=epochs.start,
+                    total=self.epochs,
+                )
             for epoch in epochs:
                 net.train()
                 if freeze:
                     net[0].eval()
-                order = torch.randperm(src.n, generator=cpu_gen)
-                t0, seen, total = time.perf_counter(), 0, torch.zeros((), device=device)
-                start = 0
+                if loop is not None and loop["order"] is not None:  # resume inside it
+                    order, start, seen = loop["order"], loop["start"], loop["seen"]
+                    total = loop["total"].to(device)
+                    t0 = time.perf_counter() - loop["seconds"]
+                else:
+                    order = B.epoch_order(data, src.n, cpu_gen, batch)
+                    t0, seen, total = time.perf_counter(), 0, torch.zeros((), device=device)
+                    start = 0
+                loop = None
                 while start + 2 <= src.n:
                     idx = order[start : start + batch]
                     factor = sched(step_i)
                     for g, lr in zip(optim.param_groups, base):
                         g["lr"] = lr * factor
+                    bn.save()
                     try:
-                        x = B.take(data, src, idx, device, size)
-                        v = normalize(augment_measurement(x, aug, gen))
+                        ahead = B.next_batch(order, start, batch)
+                        x = B.take(data, src, idx, device, size, ahead=ahead)
+                        v = normalize(augment_measurement(x, aug, gen)).contiguous(memory_format=cl)
                         with T.autocast(device, amp):
                             head = net[1]
                             hidden = head[1](head[0](net[0](v)))  # the head's hidden layer
@@ -365,9 +442,10 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                     except RuntimeError as exc:  # out of memory: halve the batch, go on
                         if not T.is_oom(exc) or batch <= 2:
                             raise
+                        bn.restore()  # the failed step's images must not count in batch norm
                         optim.zero_grad(set_to_none=True)
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
+                        x = v = None
+                        T.release_after_oom(exc, device)
                         batch //= 2
                         sched.recount(
                             step_i,
@@ -388,6 +466,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                     seen += len(idx)
                     start += len(idx)
                     step_i += 1
+                    if ckpt.due(step_i):
+                        ckpt.save(snapshot())
                 secs = time.perf_counter() - t0
                 history.append(
                     {
@@ -398,6 +478,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                         "seconds": secs,
                     }
                 )
+                ckpt.save(snapshot(end_of_epoch=True))
         final = ema.module if ema is not None else net
         final = final.eval()
         final.requires_grad_(False)
@@ -410,6 +491,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         self.precision_ = "fp32" if amp is None else "bf16"
         self.n_steps_ = step_i
         self.device_ = str(device)
+        ckpt.finish()
         return self
 
     # ---- prediction ------------------------------------------------------------------------
@@ -429,12 +511,14 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         device = T.resolve_device(self.device)
         amp = T.resolve_dtype("bf16", device) if self.precision == "bf16" else None
         module = self.module_.to(device).eval()
+        cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         out = np.empty((src.n, self._n_outputs), np.float64)
         step = max(1, self.batch_size)
         with torch.inference_mode():
             for start in range(0, src.n, step):
                 sl = slice(start, min(src.n, start + step))
                 x = normalize(B.read(src, sl, device, self.image_size_))
+                x = x.contiguous(memory_format=cl)
                 with T.autocast(device, amp):
                     out[sl] = T.to_numpy(module(x))
         return out

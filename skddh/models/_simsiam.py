@@ -8,6 +8,8 @@ way on its unlabelled registry and freezes it.
 
 from __future__ import annotations
 
+import datetime
+import os
 import time
 import warnings
 from numbers import Integral, Real
@@ -20,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
 from skddh.models import _batches as B
+from skddh.models import _checkpoint as C
 from skddh.models._images import ImageSource
 from skddh.models._pickle import CPUStateMixin
 
@@ -94,10 +97,28 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         ``"bf16"`` is asked for explicitly, so a model fitted on a GPU gives the same
         features on a CPU.
     compile : bool, default=False
-        ``torch.compile`` the training step's model.
+        ``torch.compile`` the training step's model and the encoder in ``transform``. To
+        keep one shape (a new batch size compiles again), training then drops the last,
+        short batch of each epoch (as lightly's ``DataLoader(drop_last=True)`` does: those
+        images are seen in other epochs, in another order), and ``transform`` pads its last
+        batch to full size and keeps only the real rows.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling and augmentation (local generators only). On
         the CPU the same seed gives the same features; on a GPU, cuDNN may not.
+    checkpoint : str, path-like or None, default=None
+        A file to checkpoint the fit to (its directory must exist), so that a fit killed
+        at any moment resumes where it died: fitting again with the same parameters and
+        data continues from the file and, on the CPU, ends bitwise equal to a fit that was
+        never interrupted. Saved (atomically: a temporary file renamed over it) after every
+        ``checkpoint_every``-th step and at the end of every epoch: weights, optimiser,
+        every random generator, the epoch's permutation and position, the history. A file
+        from another fit (other parameters or data) is refused with a ``ValueError``; the
+        file is deleted when the fit ends. One path serves one fit: leave it None in
+        searches and cross-validation (their clones would share it). None: no checkpoint.
+    checkpoint_every : int or datetime.timedelta, default=100
+        Optimisation steps between checkpoints, or the time between them (a
+        :class:`datetime.timedelta`: a checkpoint after the first step that ends at
+        least that long after the last one).
     verbose : int, default=0
         Progress bar per epoch when > 0.
 
@@ -158,6 +179,8 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         "precision": [StrOptions({"auto", "fp32", "bf16"})],
         "compile": ["boolean"],
         "random_state": ["random_state"],
+        "checkpoint": [None, str, os.PathLike],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), datetime.timedelta],
         "verbose": ["verbose"],
     }
 
@@ -185,6 +208,8 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         precision="auto",
         compile=False,
         random_state=None,
+        checkpoint=None,
+        checkpoint_every=100,
         verbose=0,
     ):
         self.backbone = backbone
@@ -208,6 +233,8 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         self.precision = precision
         self.compile = compile
         self.random_state = random_state
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
         self.verbose = verbose
 
     # ---- fitting ---------------------------------------------------------------------------
@@ -284,40 +311,87 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
             weight_decay=self.weight_decay,
         )
         step_fn = self._make_step(model, predictor, optim, device, amp, aug, augment, normalize)
+        bn = T.BatchNormGuard(model, predictor)  # undone on out-of-memory (see its docstring)
+        # A compiled step keeps one shape: the short last batch of an epoch is dropped (as
+        # lightly's DataLoader(drop_last=True) does), or it would compile the step again.
+        drop = bool(self.compile)
         data = B.stage(src, device)
         gen = T.generator(device, seed + 1)
         cpu_gen = T.generator(torch.device("cpu"), seed + 2)
         history = []
         # The schedule counts the steps the loop takes (a last batch of one image is
         # skipped), and is recounted when an out-of-memory error halves the batch.
-        total_steps = self.epochs * B.steps_per_epoch(src.n, batch)
+        total_steps = self.epochs * B.steps_per_epoch(src.n, batch, drop)
         step_i = 0
-        for epoch in range(self.epochs):
+        ckpt = C.Checkpointer(
+            self.checkpoint,
+            self.checkpoint_every,
+            lambda: C.fingerprint(self, seed, src),
+            device,
+            model=model,
+            predictor=predictor,
+            optim=optim,
+            gen=gen,
+            cpu_gen=cpu_gen,
+        )
+        loop = ckpt.restore()  # None unless resuming
+        if loop is not None:
+            history, step_i = loop["history"], loop["step"]
+            batch, total_steps = loop["batch"], loop["total_steps"]
+
+        def snapshot(end_of_epoch=False):  # the loop's position, for the checkpoint
+            mid = not end_of_epoch
+            return {
+                "epoch": epoch + end_of_epoch,
+                "order": order if mid else None,
+                "start": start if mid else 0,
+                "seen": seen if mid else 0,
+                "losses": [v.cpu() for v in losses] if mid else [],
+                "seconds": time.perf_counter() - t0 if mid else 0.0,
+                "step": step_i,
+                "batch": batch,
+                "total_steps": total_steps,
+                "history": history,
+            }
+
+        for epoch in range(0 if loop is None else loop["epoch"], self.epochs):
             model.train()
             predictor.train()
-            order = torch.randperm(src.n, generator=cpu_gen)
-            t0, seen, losses = time.perf_counter(), 0, []
+            if loop is not None and loop["order"] is not None:  # resume inside this epoch
+                order, start, seen = loop["order"], loop["start"], loop["seen"]
+                losses = [v.to(device) for v in loop["losses"]]
+                t0 = time.perf_counter() - loop["seconds"]
+            else:
+                order = B.epoch_order(data, src.n, cpu_gen, batch)
+                t0, seen, losses = time.perf_counter(), 0, []
+                start = 0
+            loop = None
             bar = self._progress(epoch, src.n)
-            start = 0
-            while start + 2 <= src.n:
+            if bar is not None and start:
+                bar.update(start)
+            while start + B.min_batch_rows(batch, drop) <= src.n:
                 idx = order[start : start + batch]
                 lr = base_lr * 0.5 * (1 + np.cos(np.pi * min(step_i, total_steps) / total_steps))
                 for g in optim.param_groups:
                     g["lr"] = base_lr if g["fix_lr"] else lr
-                x = B.take(data, src, idx, device, self.image_size)
-                try:
+                bn.save()
+                try:  # building the batch can run out of memory too
+                    ahead = B.next_batch(order, start, batch, drop)
+                    x = B.take(data, src, idx, device, self.image_size, ahead=ahead)
                     loss = step_fn(x, gen)
                 except RuntimeError as exc:  # out of memory: halve the batch, go on
                     if not T.is_oom(exc) or batch <= 2:
                         raise
+                    bn.restore()  # the failed step's images must not count in batch norm
                     optim.zero_grad(set_to_none=True)
-                    del x
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    x = None
+                    T.release_after_oom(exc, device)
                     batch //= 2
-                    left = B.steps_per_epoch(src.n - start, batch)
+                    left = B.steps_per_epoch(src.n - start, batch, drop)
                     total_steps = (
-                        step_i + left + (self.epochs - epoch - 1) * B.steps_per_epoch(src.n, batch)
+                        step_i
+                        + left
+                        + (self.epochs - epoch - 1) * B.steps_per_epoch(src.n, batch, drop)
                     )
                     warnings.warn(
                         f"out of memory on {device}: batch_size halved to {batch}.",
@@ -329,6 +403,8 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
                 seen += len(idx)
                 start += len(idx)
                 step_i += 1
+                if ckpt.due(step_i):
+                    ckpt.save(snapshot())
                 if bar is not None:
                     bar.update(len(idx))
             if bar is not None:
@@ -346,6 +422,7 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
                     "seconds": secs,
                 }
             )
+            ckpt.save(snapshot(end_of_epoch=True))
         encoder = model["encoder"].eval()
         for p in encoder.parameters():
             p.requires_grad_(False)
@@ -356,6 +433,7 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         self.device_ = str(device)
         self.precision_ = "fp32" if amp is None else "bf16"
         self.n_steps_ = step_i
+        ckpt.finish()
         return self
 
     def _make_step(self, model, predictor, optim, device, amp, aug, augment, normalize):
@@ -378,7 +456,9 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
                 + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()
             )
 
-        fwd = torch.compile(forward) if self.compile else forward
+        # dynamic=False: one static graph; the loop keeps the batch shape fixed (drop_last),
+        # so only an out-of-memory halving compiles again.
+        fwd = torch.compile(forward, dynamic=False) if self.compile else forward
 
         def step(x, gen):
             v1 = normalize(augment(x, size, aug, gen))
@@ -429,6 +509,9 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         # CPU (a precision shift is a feature shift the conformal guarantee does not cover).
         amp = T.resolve_dtype("bf16", device) if self.precision == "bf16" else None
         encoder = self.encoder_.to(device).eval()
+        # Compiled: one static shape; the last batch is padded with blank rows (eval-mode
+        # batch norm treats every row alone, so the real rows' features do not change).
+        net = torch.compile(encoder, dynamic=False) if self.compile else encoder
         cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         out = np.empty((src.n, self.n_features_out_), np.float32)
         step = max(1, self.batch_size)
@@ -436,9 +519,12 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
             for start in range(0, src.n, step):
                 sl = slice(start, min(src.n, start + step))
                 x = B.read(src, sl, device, self.image_size)
+                rows = len(x)
+                if self.compile:
+                    x = B.pad_rows(x, step)
                 with T.autocast(device, amp):
-                    f = encoder(normalize(x).contiguous(memory_format=cl))
-                out[sl] = T.to_numpy(f)
+                    f = net(normalize(x).contiguous(memory_format=cl))
+                out[sl] = T.to_numpy(f[:rows])
         return out
 
     def get_feature_names_out(self, input_features=None):
