@@ -18,6 +18,8 @@ import numpy as np
 
 from skddh import make_hip_cohort
 
+# sphinx_gallery_thumbnail_path = "images/cohort_examples.png"
+
 cohort = make_hip_cohort(image_size=32, n_registry_us=256, n_registry_xr=16, random_state=0)
 us = cohort.us
 print(us.targets.head())

@@ -17,6 +17,8 @@ import pandas as pd
 
 from skddh import load_image_table, make_hip_cohort, save_image_table
 
+# sphinx_gallery_thumbnail_path = "images/cohort_examples.png"
+
 workdir = Path(tempfile.mkdtemp())
 cohort = make_hip_cohort(n_subjects=12, image_size=32, n_registry_us=8, random_state=2)
 manifest = save_image_table(cohort, workdir / "registry")

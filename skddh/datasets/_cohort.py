@@ -43,7 +43,8 @@ marginals and correlations. Ultrasound images (coronal Graf planes) and AP pelvi
 are *drawn from* that geometry; every label is measured back off the drawn landmarks, then read
 by simulated raters with published inter-observer noise. Subjects are split train /
 calibration / test at subject level, and every US hip is paired with the same subject's and
-side's X-ray hip. See DOMAIN.md section 7 of the project for the spec and its sources.
+side's X-ray hip. The docstrings of skddh.datasets (make_hip_cohort and the modules it draws
+with) give the spec and its sources.
 """
 
 
@@ -136,7 +137,8 @@ def make_hip_cohort(
     split : array-like of 3 numbers, default=(30, 7, 38)
         Relative sizes of the train / calibration / test subject splits.
     correlation : array-like of shape (5, 5), default=None
-        Copula correlation over (alpha, beta, FHC, AI, CE); None uses DOMAIN.md 7.2.
+        Copula correlation over (alpha, beta, FHC, AI, CE); None uses the default: alpha-FHC
+        0.73 (the Oxford NDORMS data), every other entry an assumption.
     lr_correlation : float, default=0.5
         Correlation between a subject's left and right hips (an assumption).
     pelvis_images : bool, default=True

@@ -1,4 +1,4 @@
-"""Reading and writing image registries in the long manifest format (DOMAIN.md section 4).
+"""Reading and writing image registries in the long manifest format (the docs' data formats).
 
 One row per (image, hip): ``image_path, subject_id, side {L, R, B}, modality {US, XR},
 age_days`` and the measurements ``alpha, beta, fhc`` (ultrasound; ``fhc`` in percent) and

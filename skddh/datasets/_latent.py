@@ -2,7 +2,7 @@
 
 Everything here is tables of numbers; nothing is drawn as an image. The images are drawn *from*
 these numbers by :mod:`skddh.datasets._us_phantom` and :mod:`skddh.datasets._xr_phantom`.
-The spec is section 7.2 of the project's DOMAIN.md; values it marks as assumptions are
+The values come from the published sources cited beside them; those that are assumptions are
 parameters of :func:`make_hip_cohort`.
 """
 
@@ -220,7 +220,7 @@ def draw_hips(
 
 
 def graf_type(alpha, beta, age_weeks, ihdi_target=None) -> np.ndarray:
-    """Graf type from alpha, beta and age (DOMAIN.md 1.2).
+    """Graf type from alpha, beta and age (the Graf type table of the docs' glossary).
 
     III and IV are told apart by the severity of the decentring (IHDI IV -> Graf IV), since
     the phantom does not model the direction the cartilage roof is pushed.

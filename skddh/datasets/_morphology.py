@@ -22,7 +22,7 @@ Clinical facts used (thresholds are the simulator's definitions):
   PMC5005062). Cam is more frequent in men (modelled as +4 deg for men's abnormal hips,
   an assumption on the size).
 * Dysplasia: lateral centre-edge angle (Wiberg) < 20 deg dysplastic, 20-25 deg borderline,
-  > 25 deg normal (DOMAIN.md 2; Tannast et al., CORR 2015, PMC4353515: normal LCEA 23-33 deg,
+  > 25 deg normal (Tannast et al., CORR 2015, PMC4353515: normal LCEA 23-33 deg,
   acetabular index / Tonnis angle 3-13 deg); Tonnis angle normal 0-10 deg, > 10 deg steep
   (dysplastic) roof (miles4hips.org). Rule here: ``LCEA < 20`` or (``LCEA < 25`` and
   ``Tonnis > 10``): borderline coverage counts when the roof is also steep (an assumption of

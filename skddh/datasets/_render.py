@@ -33,7 +33,7 @@ def take(d: dict, idx) -> dict:
 
 
 def us_drawn_values(hips: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Per-image drawn values: the plane offset moves alpha and FHC (DOMAIN.md 7.3)."""
+    """Per-image drawn values: the plane offset moves alpha and FHC."""
     o = rng.uniform(-1.0, 1.0, len(hips))
     return pd.DataFrame(
         {

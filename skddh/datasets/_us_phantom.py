@@ -1,6 +1,6 @@
 """Ultrasound phantom: a coronal Graf standard plane drawn from (alpha, beta, FHC).
 
-Geometry (DOMAIN.md 7.3), in an anatomical frame in millimetres with the bony rim R at the
+Geometry, in an anatomical frame in millimetres with the bony rim R at the
 origin, the iliac baseline along -x (cranial to the left), depth +y (away from the transducer):
 
 * bony roof from R to the lower limb ``L = s (cos a, sin a)``, so the angle between the

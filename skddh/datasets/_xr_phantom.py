@@ -1,6 +1,6 @@
 """X-ray phantom: an infant AP pelvis drawn from (AI, CE, IHDI) per hip.
 
-Anatomical frame (DOMAIN.md 7.4), millimetres: origin on the Hilgenreiner line (H) in the
+Anatomical frame, millimetres: origin on the Hilgenreiner line (H) in the
 midline, x to the image right (the patient's left), y inferior. For a hip on side ``s``
 (-1 right, +1 left; "lateral" is ``s`` along x):
 

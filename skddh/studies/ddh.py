@@ -71,7 +71,7 @@ SCALES = {
 #: frozen encoder + head in both.
 US_MODELS = ("finetune", "head")
 
-#: The paper's reported figures (DOMAIN.md section 0), for the report.
+#: The paper's reported figures (arXiv 2511.18457), for the report.
 PAPER = {
     "mae": {"alpha": 9.69, "beta": 11.25, "coverage": 13.97, "ai": 7.60, "ce": 8.93},
     "radius_0.10": {"alpha": 10.75, "coverage": 28.74},
