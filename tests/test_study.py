@@ -138,7 +138,7 @@ def test_headline_agrees_with_the_policy_table(tiny_study, tmp_path):
 
 def test_guarantees_table(tiny_study, tmp_path):
     g = tiny_study.guarantees
-    assert len(g) == 7 and g.attrs["level"] == 0.10
+    assert len(g) == 8 and g.attrs["level"] == 0.10
     assert {"guarantee", "us_pass_rate", "missed", "abnormal_among_passed"} <= set(g.columns)
     assert g["us_pass_rate"].between(0, 1).all() and (g["missed"] <= g["us_pass_rate"]).all()
     # 7 calibration subjects: the exact subject-level lower bound cannot certify 0.10 and

@@ -278,7 +278,7 @@ def run_study(
             cohort, x_us, [("paper", model), ("split", exact), ("cv+", cv_plus)]
         )
         result["guarantees"] = compare_guarantees(
-            cohort, x_us, head_us, model, cal=cal, test_rows=_test_pairs(cohort)[1]
+            cohort, x_us, head_us, model, cal=cal, test_rows=_test_pairs(cohort)[1], features=f_us
         )
         result["us_model"] = type(head_us).__name__
         result["n_calibration_subjects"] = exact.n_calibration_

@@ -119,7 +119,9 @@ def _guarantees_section(result: StudyResult) -> str:
 
 Each method reads the same ultrasound model and calibrates on the same calibration subjects;
 all decide on the {a["n_pairs"]} matched test hips (alpha >= 60 deg; the age-aware row uses
-50 deg before 12 weeks). What each promises, for a new subject from the calibration
+50 deg before 12 weeks; the cross-modal proxy row refers on the X-ray finding predicted from
+the ultrasound features, learnt on the training subjects' matched pairs, and its misses are
+missed X-ray findings). What each promises, for a new subject from the calibration
 population:
 
 {promises}
