@@ -163,8 +163,10 @@ def test_selection_with_age_thresholds_and_batch_semantics():
     unfitted_groups = ConformalSelectionPolicy(
         thresholds=THR, calibration_unit="image", random_state=0
     ).fit(X, y)
-    with pytest.raises(ValueError, match="fitted without groups"):
+    with pytest.raises(ValueError, match="calibrated images"):
         unfitted_groups.predict(X, groups=g)
+    with pytest.raises(ValueError, match="calibrated by subject: pass the test"):
+        policy.predict(X, covariates=cov)  # groups are not optional at subject level
 
 
 @pytest.mark.parametrize(
@@ -224,6 +226,10 @@ EXPECTED_FAILURES = {
     "check_classifiers_one_label_sample_weights": LABELS_ARE_NOT_TARGETS,
     "check_classifier_multioutput": "one decision per hip from several measurements, by design",
     "check_classifiers_regression_target": "a continuous y is exactly what the policy learns from",
+    # Weights reach the regressor's fit; the calibration counts every unit once, as the
+    # exchangeability argument needs, so a weight is not a repeated row there.
+    "check_sample_weight_equivalence_on_dense_data": "calibration units are unweighted",
+    "check_sample_weight_equivalence_on_sparse_data": "calibration units are unweighted",
 }
 
 
@@ -261,3 +267,85 @@ def test_frozen_regressor_calibrates_on_every_subject():
     for cls in (RiskControlledPolicy, ConformalSelectionPolicy):
         policy = cls(FrozenEstimator(head), thresholds=THR, random_state=0).fit(Xc, yc, groups=gc)
         assert policy.n_calibration_ == 40 and policy.estimator_.estimator is head
+
+
+# ---- regressions from the red team (numbers in the issue's closing note) ---------------------
+
+
+def test_a_finite_margin_grid_gets_its_fail_safe_end():
+    """A grid ending at a finite margin would fall back to a margin that controls nothing."""
+    rng = np.random.default_rng(10)
+    X, y, g, _ = _subjects(rng, 40)
+    policy = RiskControlledPolicy(
+        LinearRegression(), thresholds=THR, alpha=0.01, margins=np.linspace(-5, 0, 11)
+    )
+    with pytest.warns(UserWarning):
+        policy.fit(X, y, groups=g)
+    assert np.isposinf(policy.margins_[-1]) and np.isposinf(policy.margin_)
+    assert not policy.predict(X).any()
+
+
+def test_selection_refers_untrusted_units_on_both_sides():
+    """A NaN image is referred, and calibration units with one are left out, not fatal."""
+    rng = np.random.default_rng(11)
+    X, y, g, _ = _subjects(rng, 120)
+    X[:3, 0] = np.nan  # subject 0's images, in calibration or in training
+    hgb = HistGradientBoostingRegressor(max_iter=20)
+    policy = ConformalSelectionPolicy(hgb, thresholds=THR, random_state=0)
+    policy.fit(X, y, groups=g)
+    Xt, _, gt, _ = _subjects(rng, 30)
+    Xt[0, 0] = np.nan
+    res = policy.select(Xt, groups=gt)
+    assert not res.selected[gt == gt[0]].any() and res.pvalues[0] == 1.0
+    clean = policy.select(Xt[gt != gt[0]], groups=gt[gt != gt[0]])
+    np.testing.assert_array_equal(res.selected[gt != gt[0]], clean.selected)
+
+
+def test_randomized_selection_draws_fresh_uniforms_per_call():
+    """A fixed seed must not fix the tie-breaking uniforms of every batch (FDR 0.12 at m=1)."""
+    rng = np.random.default_rng(12)
+    X, y, g, _ = _subjects(rng, 60)
+    policy = ConformalSelectionPolicy(thresholds=THR, randomized=True, random_state=0)
+    policy.fit(X, y, groups=g)
+    Xt, _, gt, _ = _subjects(rng, 40)
+    p1, p2 = policy.select(Xt, groups=gt).pvalues, policy.select(Xt, groups=gt).pvalues
+    assert not np.array_equal(p1, p2)
+    deterministic = ConformalSelectionPolicy(thresholds=THR, random_state=0).fit(X, y, groups=g)
+    np.testing.assert_array_equal(
+        deterministic.select(Xt, groups=gt).pvalues, deterministic.select(Xt, groups=gt).pvalues
+    )
+
+
+def test_covariates_must_share_the_index_of_x():
+    rng = np.random.default_rng(13)
+    X, y, g, cov = _subjects(rng, 60)
+    Xf = pd.DataFrame(X, columns=["x"], index=rng.permutation(len(X)))
+    policy = RiskControlledPolicy(thresholds={"alpha": GrafAlphaThreshold()}, random_state=0)
+    policy.fit(Xf, y.set_index(Xf.index), groups=g, covariates=cov.set_index(Xf.index))
+    with pytest.raises(ValueError, match="covariates' index differs from X's"):
+        policy.predict(Xf, covariates=cov)  # default index against X's shuffled one
+    assert policy.predict(Xf, covariates=cov.set_index(Xf.index)).shape == (len(X),)
+
+
+def test_numpy_and_python_strings_are_one_id_type():
+    rng = np.random.default_rng(14)
+    X, y, g, _ = _subjects(rng, 40)
+    ids = np.array([f"s{i}" for i in g], dtype=object)
+    ids[::2] = np.array(ids[::2], dtype=str)  # np.str_ and str mixed, as np.where makes them
+    RiskControlledPolicy(thresholds=THR, random_state=0).fit(X, y, groups=ids)
+
+
+def test_image_unit_calibrates_rows_and_sample_weight_routes():
+    rng = np.random.default_rng(15)
+    X, y, g, _ = _subjects(rng, 60)
+    policy = RiskControlledPolicy(thresholds=THR, calibration_unit="image", random_state=0)
+    policy.fit(X, y, groups=g)
+    assert policy.n_calibration_ == 18  # the split is by subject; 18 calibration subjects
+    assert len(policy.calibration_risk_) == len(policy.margins_)
+    with sklearn.config_context(enable_metadata_routing=True):
+        routed = RiskControlledPolicy(Ridge(), thresholds=THR, random_state=0)
+        routed.set_fit_request(groups=True, sample_weight=True).set_score_request(
+            sample_weight=False
+        )
+        search = GridSearchCV(routed, {"alpha": [0.1]}, cv=GroupKFold(3))
+        search.fit(X, y, groups=g, sample_weight=np.ones(len(y)))

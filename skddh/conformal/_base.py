@@ -38,6 +38,7 @@ def check_groups(groups) -> np.ndarray:
     if not isinstance(values, np.ndarray) or values.dtype == object:
         kinds = {type(v) for v in values if not pd.isna(v)}  # missing ids: named later
         kinds = {bool if issubclass(k, (bool, np.bool_)) else k for k in kinds}
+        kinds = {str if issubclass(k, str) else k for k in kinds}  # np.str_ is a str
         numeric = {k for k in kinds if issubclass(k, (int, float, np.number))}
         if len(kinds - numeric) + bool(numeric) > 1:
             names = sorted(k.__name__ for k in kinds)

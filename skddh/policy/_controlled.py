@@ -43,7 +43,7 @@ from skddh.conformal._risk import (
     learn_then_test,
     subject_losses,
 )
-from skddh.conformal._selection import conformal_selection
+from skddh.conformal._selection import ConformalSelection, conformal_selection
 from skddh.conformal._split import _split
 from skddh.metrics import utility
 from skddh.policy._policy import _PolicyBase, untrustworthy_rows
@@ -51,6 +51,14 @@ from skddh.policy._rules import RULES, rule_margin
 from skddh.policy._thresholds import check_covariates, resolve_thresholds
 
 __all__ = ["ConformalSelectionPolicy", "RiskControlledPolicy"]
+
+
+def _untrusted_units(margin, units) -> np.ndarray:
+    """Per row: whether its unit (subject, or row) has any non-finite margin."""
+    codes = np.unique(units, return_inverse=True)[1]
+    bad = np.zeros(codes.max() + 1 if len(codes) else 0, dtype=bool)
+    np.logical_or.at(bad, codes, ~np.isfinite(margin))
+    return bad[codes]
 
 
 def default_margins() -> np.ndarray:
@@ -80,8 +88,8 @@ class _CalibratedPointPolicy(_PolicyBase):
             )
         # A classifier predicts the outcome, not the measurements: no thresholds apply.
         self.thresholds_ = {} if proxy else self._check_thresholds(list(y_fit.columns), rule)
-        covariates = check_covariates(covariates, n, "y")
         abnormal = self.abnormal(y, covariates)  # checks NaN and the outcome before fitting
+        covariates = check_covariates(covariates, n, "X", X)
         if groups is None and self.calibration_unit != "image":
             raise ValueError(no_groups_message(type(self).__name__, self.calibration_unit))
         g = np.arange(n) if groups is None else check_groups(groups)
@@ -114,7 +122,9 @@ class _CalibratedPointPolicy(_PolicyBase):
         self._seed = int(rng.randint(2**31 - 1))
         cov_cal = None if covariates is None else covariates.iloc[cal].reset_index(drop=True)
         margin = self._margin(take(X, cal), cov_cal, rule)
-        return margin, abnormal[cal], g[cal], cov_cal, y_fit.iloc[cal], cal
+        # "image": the split is still by subject (when groups are given), each image a unit.
+        units = np.arange(len(cal)) if self.calibration_unit == "image" else g[cal]
+        return margin, abnormal[cal], units, cov_cal, y_fit.iloc[cal], cal
 
     def _is_proxy(self) -> bool:
         """Whether the base is a classifier of the outcome (a cross-modal proxy)."""
@@ -205,7 +215,8 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
         Learn-then-Test's multiple-testing correction.
     margins : array-like, default=None
         Strictly increasing grid of margins, in the measurements' units; ``None`` means -5 to
-        30 in steps of 0.5 and then ``+inf`` (refer every hip, the fail-safe end of the grid).
+        30 in steps of 0.5. ``+inf`` (refer every hip) is appended when the grid does not end
+        with it: it is the fail-safe end both guarantees need.
     rule : {"alpha", "or", "and"}, default="alpha"
         How the measurements' margins combine (see :func:`~skddh.policy.rule_margin`).
     thresholds : dict, default=None
@@ -218,8 +229,8 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
         Share (or number) of subjects that calibrate the margin.
     calibration_unit : {"subject", "image"}, default="subject"
         ``"subject"`` needs ``groups`` at ``fit`` (inside ``GridSearchCV``, through metadata
-        routing); ``"image"`` makes every row its own unit, exact only when no subject has
-        several images.
+        routing); ``"image"`` makes every row a calibration unit (the split stays by subject
+        when ``groups`` are given), exact only when no subject has several images.
     radiation_cost, miss_penalty : float, default=1.0, 10.0
         The weights of :meth:`score`.
     random_state : int, RandomState or None, default=None
@@ -311,7 +322,7 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y, groups=None, covariates=None, **fit_params):
+    def fit(self, X, y, groups=None, covariates=None, sample_weight=None, **fit_params):
         """Fit the regressor on the training subjects; choose the margin on the others.
 
         Parameters
@@ -323,6 +334,9 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
             Subject ids; required unless ``calibration_unit="image"``.
         covariates : DataFrame of shape (n_samples, n_covariates), default=None
             For thresholds that depend on covariates.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Passed to the regressor's ``fit``, sliced to the training rows (not used in
+            calibration: every calibration unit counts once).
         **fit_params : dict
             Passed to the regressor's ``fit`` (per-sample ones sliced to the training rows).
 
@@ -340,6 +354,12 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
             raise ValueError("margins must be a non-empty 1-D array of numbers.")
         if (np.diff(margins) <= 0).any():
             raise ValueError("margins must be strictly increasing (the most conservative last).")
+        if np.isfinite(margins[-1]):
+            # Both guarantees need a last policy with no loss (refer every hip); without it
+            # the fallback would be a finite margin that controls nothing.
+            margins = np.r_[margins, np.inf]
+        if sample_weight is not None:
+            fit_params = {**fit_params, "sample_weight": sample_weight}
         margin, abnormal, g_cal, _, _, _ = self._fit_point(
             X, y, groups, covariates, fit_params, self.rule
         )
@@ -375,6 +395,7 @@ class RiskControlledPolicy(_CalibratedPointPolicy):
         no model can vouch for (:func:`~skddh.policy._policy.untrustworthy_rows`).
         """
         check_is_fitted(self)
+        covariates = check_covariates(covariates, _num_samples(X), "X", X)
         with np.errstate(invalid="ignore"):
             return self._margin(X, covariates, self.rule) - self.margin_
 
@@ -412,8 +433,9 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
     statement about the *batch* passed in one call to :meth:`predict` (each call is one
     selection), not a per-hip probability nor a bound on one batch's share. Subject level:
     pass the test ``groups`` to :meth:`predict` (all images of a subject pass or fail
-    together; a subject is abnormal when any image is); without them each row is a unit, which
-    matches the calibration only when subjects have one image each.
+    together; a subject is abnormal when any image is); a policy calibrated by subject
+    refuses a batch without them. A unit with a non-finite prediction or a flagged image is
+    referred, and such units are left out of the calibration too.
 
     Parameters
     ----------
@@ -428,19 +450,24 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
         Share (or number) of subjects that calibrate.
     calibration_unit : {"subject", "image"}, default="subject"
         As in :class:`RiskControlledPolicy`.
-    randomized : bool, default=True
-        Randomized p-values (exact) or deterministic ones (conservative).
+    randomized : bool, default=False
+        Deterministic p-values (the default: conservative, valid whatever the seed, and
+        :meth:`predict` is repeatable) or randomized ones (exact, but the guarantee averages
+        over the tie-breaking uniforms: each :meth:`predict` call then draws fresh ones, so
+        calling it twice on the same batch may differ).
     radiation_cost, miss_penalty : float, default=1.0, 10.0
         The weights of :meth:`score`.
     random_state : int, RandomState or None, default=None
-        Seed of the split and of the tie-breaking uniforms (fixed at ``fit``, so that
-        :meth:`predict` is deterministic).
+        Seed of the split and of the stream of tie-breaking uniforms (``randomized=True``).
 
     Attributes
     ----------
     estimator_ : regressor
     n_calibration_ : int
         Calibration subjects.
+    n_untrusted_calibration_ : int
+        Calibration units left out because a prediction was not finite or an image flagged
+        (the same units are referred at selection).
     thresholds_, target_names_, classes_
         As in :class:`~skddh.SelectiveImagingPolicy`.
 
@@ -483,7 +510,7 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
         thresholds=None,
         calibration_size=0.3,
         calibration_unit="subject",
-        randomized=True,
+        randomized=False,
         radiation_cost=1.0,
         miss_penalty=10.0,
         random_state=None,
@@ -499,7 +526,7 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y, groups=None, covariates=None, **fit_params):
+    def fit(self, X, y, groups=None, covariates=None, sample_weight=None, **fit_params):
         """Fit the regressor on the training subjects; keep the calibration subjects' scores.
 
         Parameters
@@ -510,6 +537,9 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
             Subject ids; required unless ``calibration_unit="image"``.
         covariates : DataFrame of shape (n_samples, n_covariates), default=None
             For thresholds that depend on covariates.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Passed to the regressor's ``fit``, sliced to the training rows (not used in
+            calibration: every calibration unit counts once).
         **fit_params : dict
             Passed to the regressor's ``fit``.
 
@@ -517,14 +547,28 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
         -------
         self
         """
+        if sample_weight is not None:
+            fit_params = {**fit_params, "sample_weight": sample_weight}
         margin, _, g_cal, cov_cal, y_cal, _ = self._fit_point(
             X, y, groups, covariates, fit_params, "and"
         )
         thr = resolve_thresholds(self.thresholds_, cov_cal, len(y_cal))
-        self.calibration_z_ = rule_margin(y_cal, thr, "and")
-        self.calibration_z_hat_ = margin
-        self.calibration_groups_ = g_cal
-        self._subject_level = groups is not None
+        z = rule_margin(y_cal, thr, "and")
+        # Units the policy cannot vouch for (a non-finite prediction, a flagged image) are
+        # left out of the calibration here and referred at selection: the same filter on
+        # both sides keeps the trusted units exchangeable.
+        untrusted = _untrusted_units(margin, g_cal)
+        if untrusted.all():
+            raise ValueError(
+                "every calibration unit has a non-finite prediction or a flagged image: "
+                "nothing to calibrate on."
+            )
+        self.calibration_z_ = z[~untrusted]
+        self.calibration_z_hat_ = margin[~untrusted]
+        self.calibration_groups_ = g_cal[~untrusted]
+        self.n_untrusted_calibration_ = len(np.unique(g_cal[untrusted]))
+        self._subject_level = self.calibration_unit == "subject"
+        self._rng = np.random.default_rng(self._seed)
         return self
 
     def select(self, X, covariates=None, groups=None):
@@ -544,28 +588,60 @@ class ConformalSelectionPolicy(_CalibratedPointPolicy):
         skddh.conformal.ConformalSelection
         """
         check_is_fitted(self)
+        covariates = check_covariates(covariates, _num_samples(X), "X", X)
         z_hat = self._margin(X, covariates, "and")
-        kw = {}
+        n = len(z_hat)
         if self._subject_level:
-            test_groups = np.arange(len(z_hat)) if groups is None else check_groups(groups)
-            if len(test_groups) != len(z_hat):
-                raise ValueError(f"groups has {len(test_groups)} entries but X has {len(z_hat)}.")
-            kw = {"groups": self.calibration_groups_, "test_groups": test_groups}
+            if groups is None:
+                raise ValueError(
+                    "ConformalSelectionPolicy was calibrated by subject: pass the test "
+                    "subjects' groups= to predict/select (subject-level calibration scores are "
+                    "exchangeable with test subjects, not with single images). Inside "
+                    "GridSearchCV route them: set_score_request(groups=True)."
+                )
+            test_groups = check_groups(groups)
+            if len(test_groups) != n:
+                raise ValueError(f"groups has {len(test_groups)} entries but X has {n}.")
         elif groups is not None:
             raise ValueError(
-                "groups passed to select/predict, but the policy was fitted without groups: "
-                "its calibration units are rows, not subjects."
+                "groups passed to select/predict, but the policy calibrated images "
+                "(calibration_unit='image'): its units are rows, not subjects."
             )
-        # An untrusted or unpredictable row has z_hat = -inf: its p-value is 1, never passed.
-        return conformal_selection(
-            self.calibration_z_hat_,
-            self.calibration_z_,
-            z_hat,
-            threshold=0.0,
-            q=self.q,
-            random_state=self._seed,
-            randomized=self.randomized,
-            **kw,
+        else:
+            test_groups = np.arange(n)
+        units, codes = np.unique(test_groups, return_inverse=True)
+        untrusted = _untrusted_units(z_hat, test_groups)
+        trusted_rows = ~untrusted
+        selected = np.zeros(n, dtype=bool)
+        pvalues = np.ones(len(units))
+        unit_selected = np.zeros(len(units), dtype=bool)
+        cutoff = 0.0
+        if trusted_rows.any():
+            kw = {}
+            if self._subject_level:
+                kw = {"groups": self.calibration_groups_, "test_groups": test_groups[trusted_rows]}
+            res = conformal_selection(
+                self.calibration_z_hat_,
+                self.calibration_z_,
+                z_hat[trusted_rows],
+                threshold=0.0,
+                q=self.q,
+                random_state=self._rng,
+                randomized=self.randomized,
+                **kw,
+            )
+            selected[trusted_rows] = res.selected
+            kept = np.unique(codes[trusted_rows])  # the trusted units, in sorted order
+            pvalues[kept] = res.pvalues
+            unit_selected[kept] = res.unit_selected
+            cutoff = res.cutoff
+        return ConformalSelection(
+            selected=selected,
+            pvalues=pvalues,
+            units=units,
+            unit_selected=unit_selected,
+            cutoff=cutoff,
+            n_calibration=len(np.unique(self.calibration_groups_)),
         )
 
     def predict(self, X, covariates=None, groups=None) -> np.ndarray:

@@ -230,7 +230,7 @@ class _PolicyBase(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
             raise ValueError(
                 f"y has NaN at row {row}, measurement {list(thr)[col]!r}: its truth is unknown."
             )
-        t = resolve_thresholds(thr, covariates, len(vals))
+        t = resolve_thresholds(thr, check_covariates(covariates, len(vals), "y", y), len(vals))
         cut = np.column_stack([np.broadcast_to(t[name], (len(vals),)) for name in thr])
         return (vals < cut).any(axis=1)
 
@@ -463,7 +463,7 @@ class SelectiveImagingPolicy(_PolicyBase):
         self.thresholds_ = self._check_thresholds(list(y_fit.columns), self.rule)
         if isinstance(self.delta, dict):
             _check_delta_names(self.delta, y_fit.columns)
-        check_covariates(covariates, _num_samples(X))
+        covariates = check_covariates(covariates, _num_samples(X), "X", X)
         fit_params = self._with_covariates(X, fit_params, covariates)
         self.estimator_, self._cache_key_ = self._fit_base(X, y_fit, groups, fit_params)
         self.target_names_ = np.asarray(self.estimator_.target_names_)
@@ -485,6 +485,7 @@ class SelectiveImagingPolicy(_PolicyBase):
             Indexed like ``X`` when ``X`` is a DataFrame; ``-inf`` where unbounded.
         """
         check_is_fitted(self)
+        covariates = check_covariates(covariates, _num_samples(X), "X", X)
         used = rule_measurements(self.rule, self.thresholds_)
         delta = _full_delta(self.estimator_, self.delta, used)
         lb = self._lower_bounds(X, delta, covariates)
@@ -501,6 +502,7 @@ class SelectiveImagingPolicy(_PolicyBase):
         required when a threshold depends on them or the regressor is calibrated by stratum.
         """
         lower = self.predict_lower(X, covariates)
+        covariates = check_covariates(covariates, len(lower), "X", X)
         thr = resolve_thresholds(self.thresholds_, covariates, len(lower))
         margin = rule_margin(lower, thr, self.rule)
         return np.where(untrustworthy_rows(X), -np.inf, margin)

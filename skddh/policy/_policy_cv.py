@@ -274,8 +274,8 @@ class SelectiveImagingPolicyCV(_PolicyBase):
         names = list(y_fit.columns)
         self.thresholds_ = self._thresholds()
         rules, deltas = self._grid(names)
-        covariates = check_covariates(covariates, len(y_fit), "y")
-        abnormal = self.abnormal(y, covariates)
+        abnormal = self.abnormal(y, covariates)  # covariates aligned with y's index
+        covariates = check_covariates(covariates, len(y_fit), "X", X)
         fold_params = self._with_covariates(X, fit_params, covariates)
         groups_arr = None if groups is None else np.asarray(groups)
         cv = self.cv

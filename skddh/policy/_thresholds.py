@@ -19,11 +19,15 @@ from numbers import Real
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
+
+# Private helper, stable since scikit-learn 1.3; sklearn-compat does not re-export it.
+from sklearn.utils._param_validation import Interval
 
 __all__ = ["GrafAlphaThreshold", "resolve_thresholds"]
 
 
-class GrafAlphaThreshold:
+class GrafAlphaThreshold(BaseEstimator):
     """Graf's alpha threshold by age: immature hips (type IIa) are normal before 12 weeks.
 
     Graf alpha 50-59 deg is type IIa, physiologically immature, in an infant younger than 12
@@ -44,6 +48,12 @@ class GrafAlphaThreshold:
     cutoff_weeks : float, default=12.0
         Age at which immaturity stops being physiological.
 
+    Notes
+    -----
+    A scikit-learn ``BaseEstimator`` only for its parameter handling: ``get_params``,
+    ``clone`` and the skddh model file (which stores parameters, never code) treat it like the
+    estimators around it. It is not fitted.
+
     Examples
     --------
     >>> import pandas as pd
@@ -52,6 +62,13 @@ class GrafAlphaThreshold:
     >>> threshold(pd.DataFrame({"age_weeks": [4.0, 11.9, 12.0, 20.0]}))
     array([50., 50., 60., 60.])
     """
+
+    _parameter_constraints: dict = {
+        "column": [str],
+        "mature": [Interval(Real, None, None, closed="neither")],
+        "immature": [Interval(Real, None, None, closed="neither")],
+        "cutoff_weeks": [Interval(Real, 0, None, closed="left")],
+    }
 
     def __init__(self, column="age_weeks", mature=60.0, immature=50.0, cutoff_weeks=12.0):
         self.column = column
@@ -82,17 +99,11 @@ class GrafAlphaThreshold:
             )
         return np.where(age < self.cutoff_weeks, float(self.immature), float(self.mature))
 
-    def __repr__(self) -> str:
-        return (
-            f"GrafAlphaThreshold(column={self.column!r}, mature={self.mature}, "
-            f"immature={self.immature}, cutoff_weeks={self.cutoff_weeks})"
-        )
-
     def __eq__(self, other) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
+        return type(other) is type(self) and other.get_params() == self.get_params()
 
     def __hash__(self) -> int:
-        return hash((type(self), *sorted(vars(self).items())))
+        return hash((type(self), *sorted(self.get_params().items())))
 
 
 def check_threshold_spec(thresholds: dict) -> dict:
@@ -116,8 +127,13 @@ def depends_on_covariates(thresholds: dict) -> bool:
     return any(callable(v) for v in thresholds.values())
 
 
-def check_covariates(covariates, n_rows: int, what: str = "X"):
-    """``covariates`` as a DataFrame with one row per row of ``what`` (or None)."""
+def check_covariates(covariates, n_rows: int, what: str = "X", like=None):
+    """``covariates`` as a DataFrame with one row per row of ``what`` (or None).
+
+    Rows are matched by position. When ``like`` (the ``X`` or ``y`` they go with) is a pandas
+    object, its index must equal the covariates' index: a shuffled or foreign index would
+    otherwise pair each image with another infant's age, silently.
+    """
     if covariates is None:
         return None
     if not isinstance(covariates, pd.DataFrame):
@@ -128,6 +144,12 @@ def check_covariates(covariates, n_rows: int, what: str = "X"):
     if len(covariates) != n_rows:
         raise ValueError(
             f"covariates has {len(covariates)} rows but {what} has {n_rows}: one row per image."
+        )
+    if isinstance(like, (pd.DataFrame, pd.Series)) and not like.index.equals(covariates.index):
+        raise ValueError(
+            f"covariates' index differs from {what}'s: rows are matched by position, so "
+            f"align them first (covariates.loc[{what}.index]) or pass both with a default "
+            "index."
         )
     return covariates.reset_index(drop=True)
 
