@@ -539,6 +539,7 @@ def _fit(args) -> int:
 
     from skddh import (
         FineTuningRegressor,
+        GrafAlphaThreshold,
         MeasurementRegressor,
         OneSidedConformalRegressor,
         SelectiveImagingPolicy,
@@ -546,6 +547,7 @@ def _fit(args) -> int:
         load_image_table,
     )
     from skddh.model_file import save_policy
+    from skddh.policy import DEFAULT_THRESHOLDS
 
     data = load_image_table(args.manifest, args.image_root, image_size=args.image_size).us
     if len(data.images) == 0:
@@ -602,10 +604,14 @@ def _fit(args) -> int:
         calibration_unit=args.calibration_unit,
         random_state=args.seed,
     )
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    if args.age_thresholds == "graf":
+        thresholds["alpha"] = GrafAlphaThreshold()
     policy = SelectiveImagingPolicy(
         model,
         rule=args.rule,
         delta={"alpha": args.delta_alpha, "coverage": args.delta_coverage},
+        thresholds=thresholds,
     )
     print(
         f"[skddh] calibrating on {int(cal.sum())} images of {n_cal_subjects} subjects "
@@ -622,6 +628,7 @@ def _fit(args) -> int:
             "delta_alpha": args.delta_alpha,
             "delta_coverage": args.delta_coverage,
             "calibration_unit": args.calibration_unit,
+            "age_thresholds": args.age_thresholds,
         },
     )
     fitted = policy.estimator_
@@ -664,8 +671,9 @@ def _predict(args) -> int:
     import pandas as pd
 
     from skddh import load_image_table
-    from skddh.policy import rule_margin
+    from skddh.policy import resolve_thresholds, rule_margin
     from skddh.policy._policy import untrustworthy_rows
+    from skddh.policy._thresholds import depends_on_covariates
 
     policy, image_size = _load_model(args.model, args.device)
     data = load_image_table(
@@ -675,8 +683,20 @@ def _predict(args) -> int:
         raise CommandError("the manifest holds no ultrasound (US) rows")
     # The encoder runs once: the decision is policy.predict's, from these bounds
     # (SelectiveImagingPolicy.decision_function: the rule's margin, -inf for a flagged row).
+    covariates = None
+    if depends_on_covariates(policy.thresholds_):
+        age = np.asarray(data.age_weeks, dtype=float)
+        missing = ~np.isfinite(age)
+        if missing.any():
+            raise CommandError(
+                f"ultrasound image {data.image_id[np.flatnonzero(missing)[0]]!r} has no "
+                f"age_days ({int(missing.sum())} such row(s)): the model's age-aware "
+                "thresholds (fit --age-thresholds graf) need every ultrasound row's age"
+            )
+        covariates = pd.DataFrame({"age_weeks": age})
     bounds = policy.predict_lower(data.images)
-    margin = rule_margin(bounds, policy.thresholds_, policy.rule)
+    thresholds = resolve_thresholds(policy.thresholds_, covariates, len(bounds))
+    margin = rule_margin(bounds, thresholds, policy.rule)
     margin = np.where(untrustworthy_rows(data.images), -np.inf, margin)
     decision = (margin >= 0).astype(int)
     lower = bounds.add_prefix("lower_")
@@ -686,6 +706,12 @@ def _predict(args) -> int:
                 {"image_id": data.image_id, "subject_id": data.subject, "side": data.side}
             ),
             lower,
+            pd.DataFrame(
+                {
+                    f"threshold_{name}": np.broadcast_to(value, len(bounds))
+                    for name, value in thresholds.items()
+                }
+            ),
             pd.DataFrame(
                 {
                     "ultrasound_suffices": decision,
@@ -839,6 +865,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-epochs", type=_positive_int, default=60, help="with --us-model finetune"
     )
     fit.add_argument("--rule", choices=["alpha", "or", "and"], default="alpha")
+    fit.add_argument(
+        "--age-thresholds",
+        choices=["fixed", "graf"],
+        default="fixed",
+        help="fixed: alpha >= 60 deg at every age; graf: alpha >= 50 deg before 12 weeks "
+        "(Graf IIa, physiologically immature) and 60 after. With graf, predict needs every "
+        "ultrasound row's age_days",
+    )
     fit.add_argument(
         "--delta-alpha",
         type=_delta,

@@ -112,9 +112,10 @@ def _allowed_classes() -> dict[str, type]:
 
     from skddh.conformal import OneSidedConformalRegressor
     from skddh.models import FineTuningRegressor, MeasurementRegressor, SimSiamFeaturizer
-    from skddh.policy import SelectiveImagingPolicy
+    from skddh.policy import GrafAlphaThreshold, SelectiveImagingPolicy
 
     classes = (
+        GrafAlphaThreshold,
         FineTuningRegressor,
         SelectiveImagingPolicy,
         OneSidedConformalRegressor,

@@ -17,7 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from skddh import MeasurementRegressor, SelectiveImagingPolicy, SimSiamFeaturizer, cli
+from skddh import (
+    GrafAlphaThreshold,
+    MeasurementRegressor,
+    SelectiveImagingPolicy,
+    SimSiamFeaturizer,
+    cli,
+)
 from skddh.datasets import load_image_table, make_hip_cohort, save_image_table
 from skddh.model_file import load_policy, save_policy
 from skddh.studies import ddh as study
@@ -893,3 +899,32 @@ def test_fit_options_are_refused_in_one_line_or_accepted_with_sane_values(
 
     check()
     assert seen.get("compute") and seen.get("refused"), seen  # both outcomes were exercised
+
+
+def test_fit_with_graf_age_thresholds_then_predict(split_cohort, tmp_path, capsys):
+    """The age-aware thresholds travel in the model file; predict reads each row's age."""
+    manifest = save_image_table(split_cohort, tmp_path / "registry")
+    model = tmp_path / "graf.skddh"
+    argv = ["fit", str(manifest), "--model", str(model), *FAST, *DELTAS]
+    assert cli.main([*argv, "--age-thresholds", "graf"]) == 0
+    policy = load_policy(model)
+    assert policy.thresholds_["alpha"] == GrafAlphaThreshold()
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(manifest), "--model", str(model), "--out", str(out)]) == 0
+    pred = pd.read_csv(out)
+    us = load_image_table(manifest, image_size=32).us
+    expected = np.where(np.asarray(us.age_weeks) < 12, 50.0, 60.0)
+    np.testing.assert_array_equal(pred["threshold_alpha"], expected)
+    covariates = pd.DataFrame({"age_weeks": us.age_weeks})
+    np.testing.assert_array_equal(
+        pred["ultrasound_suffices"], policy.predict(us.images, covariates=covariates)
+    )
+    # A row without its age cannot be decided: one line, exit 2, the image named.
+    table = pd.read_csv(manifest)
+    first_us = table.index[table["modality"] == "US"][0]
+    table.loc[first_us, "age_days"] = np.nan
+    table.to_csv(manifest, index=False)
+    capsys.readouterr()  # the fit's progress bars
+    assert cli.main(["predict", str(manifest), "--model", str(model), "--out", str(out)]) == 2
+    err = _one_error_line(capsys, "predict")
+    assert "has no age_days" in err and str(table.loc[first_us, "image_id"]) in err
