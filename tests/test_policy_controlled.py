@@ -223,7 +223,6 @@ EXPECTED_FAILURES = {
     "check_classifiers_train": LABELS_ARE_NOT_TARGETS,
     "check_classifiers_classes": LABELS_ARE_NOT_TARGETS + " (string labels are not numbers)",
     "check_classifiers_one_label": LABELS_ARE_NOT_TARGETS,
-    "check_classifiers_one_label_sample_weights": LABELS_ARE_NOT_TARGETS,
     "check_classifier_multioutput": "one decision per hip from several measurements, by design",
     "check_classifiers_regression_target": "a continuous y is exactly what the policy learns from",
     # Weights reach the regressor's fit; the calibration counts every unit once, as the
