@@ -102,8 +102,8 @@ def test_selective_risk_is_controlled_and_the_plug_in_is_not(risk):
 def test_the_estimator_through_gridsearchcv_with_routed_groups():
     """Tuned by GridSearchCV with routed groups, the refitted rule keeps the guarantee."""
     rng = np.random.default_rng(1)
-    reps, violations = 150, []
-    pop_x, pop_y, pop_patient = draw(np.random.default_rng(7), 60_000)
+    reps, violations = 80, []
+    pop_x, pop_y, pop_patient = draw(np.random.default_rng(7), 20_000)
     with config_context(enable_metadata_routing=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for r in range(reps):
