@@ -24,6 +24,10 @@ resumed fit ends bitwise equal to the uninterrupted one (same weights, same hist
 a checkpoint written on another device type resumes with a warning, since its device
 generator cannot be carried over (the augmentation stream is reseeded).
 
+In a distributed fit (:mod:`skddh.models._distributed`) only rank 0 writes (and deletes)
+the file and every rank resumes from it; the loop's position counts global batches, and the
+ranks' random streams are functions of the step, so rank 0's file is all they need.
+
 The file is deleted when the fit ends: the fitted estimator is the result, the checkpoint
 only its insurance. A fit killed after its last epoch's checkpoint resumes into the end of
 the loop and returns the same estimator.
@@ -170,13 +174,17 @@ class Checkpointer:
         ``path`` is set: hashing the data is skipped otherwise).
     device : torch.device
         The device the fit runs on.
+    write : bool, default=True
+        False on the ranks of a distributed fit other than rank 0: they :meth:`restore`
+        from the file but never save to it, remove temporaries or delete it.
     **stateful
         Objects with ``state_dict``/``load_state_dict`` (modules, optimisers,
         :class:`GlobalRNG`) and ``torch.Generator`` objects, saved under these names.
     """
 
-    def __init__(self, path, every, fingerprint, device, **stateful):
+    def __init__(self, path, every, fingerprint, device, write=True, **stateful):
         self.path = None if path is None else Path(os.fspath(path))
+        self.write = bool(write)
         self.every = every
         self.device = device
         self.stateful = stateful
@@ -211,7 +219,8 @@ class Checkpointer:
         """
         if self.path is None:
             return None
-        self._remove_stale_temporaries()
+        if self.write:
+            self._remove_stale_temporaries()
         if not self.path.is_file():
             return None
         import torch
@@ -276,7 +285,7 @@ class Checkpointer:
 
     def due(self, step: int) -> bool:
         """Whether to save after optimisation step ``step`` (counted from 1)."""
-        if self.path is None:
+        if self.path is None or not self.write:
             return False
         if isinstance(self.every, datetime.timedelta):
             return time.monotonic() - self._last >= self.every.total_seconds()
@@ -284,7 +293,7 @@ class Checkpointer:
 
     def save(self, loop: dict) -> None:
         """Write the stateful objects and ``loop`` (tensors and plain values), atomically."""
-        if self.path is None:
+        if self.path is None or not self.write:
             return
         import torch
 
@@ -306,7 +315,7 @@ class Checkpointer:
 
     def finish(self) -> None:
         """The fit succeeded: delete the checkpoint (and any stale temporary file)."""
-        if self.path is None:
+        if self.path is None or not self.write:
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

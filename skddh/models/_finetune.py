@@ -96,7 +96,9 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         Targets that are class labels, e.g. ``("ihdi",)`` (cross-entropy).
     epochs : int, default=60
     batch_size : int, default=32
-        Halved, with a warning, on a device out-of-memory error.
+        Halved, with a warning, on a device out-of-memory error. Under
+        ``torch.distributed``, the global batch (split across the processes, never halved:
+        see Notes).
     lr : float, default=1e-3
         AdamW learning rate of the head; cosine schedule after a linear warm-up.
     encoder_lr : float, default=3e-4
@@ -173,6 +175,20 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
     See Also
     --------
     MeasurementRegressor : a head on frozen features (the paper's recipe).
+
+    Notes
+    -----
+    **Several GPUs or machines.** As :class:`SimSiamFeaturizer`: under ``torchrun`` (or in a
+    ``torch.distributed`` group the caller initialised), ``fit`` trains on every process
+    under ``DistributedDataParallel`` with synchronised batch norm; ``batch_size`` is the
+    global batch, split across the processes without padding (an uneven share's loss is
+    weighted by its size), and every process must be given the same ``X``, ``y`` and
+    ``random_state``. Augmentation and dropout draw per process, from streams that are
+    functions of ``random_state``, the rank and the step; the triplet loss
+    (``triplet_weight``) pairs images within each process's share only. The weight average
+    is computed on every rank from identical weights. No out-of-memory halving under DDP;
+    only rank 0 shows progress and writes ``checkpoint``, every rank resumes from it.
+    ``module_`` is a plain module and ``predict`` runs on every row, unsharded.
 
     Examples
     --------
@@ -306,8 +322,15 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         -------
         self
         """
+        from skddh.models import _distributed as D
+
+        with D.session(self.device) as dist:  # torchrun: one process per device (Notes)
+            return self._fit(X, y, dist)
+
+    def _fit(self, X, y, dist):
         import torch
 
+        from skddh.models import _distributed as D
         from skddh.models import _torch as T
         from skddh.models._augment import augment_measurement, normalize
 
@@ -324,9 +347,10 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                 f"X has {src.channels} channel(s) but the encoder was fitted on "
                 f"{init.n_channels_in_}."
             )
-        device = T.resolve_device(self.device)
+        D.check_same(dist, src.n)
+        device = dist.device
         amp = T.resolve_dtype(self.precision, device)
-        seed = T.seed_from(self.random_state)
+        seed = D.shared_seed(dist, T.seed_from(self.random_state))
         with T.seeded(seed):
             net = _build_network(backbone, src.channels, self.hidden, self.dropout, self._n_outputs)
         if init is not None:
@@ -357,8 +381,11 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         w_r = torch.from_numpy(w_reg).to(device)
         gen = T.generator(device, seed + 1)
         cpu_gen = T.generator(torch.device("cpu"), seed + 2)
-        batch = min(self.batch_size, src.n)
-        sched = _Schedule(self.epochs, B.steps_per_epoch(src.n, batch), self.warmup_epochs)
+        batch = min(self.batch_size, src.n)  # the global batch, split across the ranks
+        D.check_batch(dist, batch)
+        sched = _Schedule(
+            self.epochs, D.steps_per_epoch(src.n, batch, world=dist.world), self.warmup_epochs
+        )
         base = [g["lr"] for g in optim.param_groups]
         history, step_i = [], 0
         stateful = dict(net=net, optim=optim, gen=gen, cpu_gen=cpu_gen, rng=C.GlobalRNG(device))
@@ -372,6 +399,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                 self, seed, src, y_std, y_cls, self.y_mean_, self.y_scale_, names, encoder=init
             ),
             device,
+            write=dist.main,  # every rank resumes from rank 0's file; only rank 0 writes it
             **stateful,
         )
 
@@ -395,8 +423,11 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
             if loop is not None:
                 history, step_i = loop["history"], loop["step"]
                 batch, sched.total = loop["batch"], loop["schedule_total"]
+            D.barrier(dist)  # every rank has read the checkpoint before rank 0 replaces it
+            swapped = D.sync_batchnorm(dist, net)  # after the weight average's copy: plain
+            ddp = D.wrap(dist, D.Joined(lambda v: _hidden_and_out(net, v), net=net))
             epochs = range(0 if loop is None else loop["epoch"], self.epochs)
-            if self.verbose:
+            if self.verbose and dist.main:
                 from tqdm.auto import tqdm
 
                 epochs = tqdm(
@@ -419,29 +450,43 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                     t0, seen, total = time.perf_counter(), 0, torch.zeros((), device=device)
                     start = 0
                 loop = None
-                while start + 2 <= src.n:
-                    idx = order[start : start + batch]
+                while start + D.min_rows(batch, False, dist.world) <= src.n:
+                    rows = order[start : start + batch]  # the global batch
+                    idx = D.shard(dist, rows)  # this rank's share (all of it in one process)
+                    if dist.active:  # each rank's own streams, functions of the step
+                        gen.manual_seed(D.step_seed(seed + 1, dist.rank, step_i))
+                        D.seed_global(device, D.step_seed(seed + 3, dist.rank, step_i))  # dropout
                     factor = sched(step_i)
                     for g, lr in zip(optim.param_groups, base):
                         g["lr"] = lr * factor
                     bn.save()
                     try:
-                        ahead = B.next_batch(order, start, batch)
+                        ahead = D.shard(dist, B.next_batch(order, start, batch))
                         x = B.take(data, src, idx, device, size, ahead=ahead)
                         v = normalize(augment_measurement(x, aug, gen)).contiguous(memory_format=cl)
                         with T.autocast(device, amp):
-                            head = net[1]
-                            hidden = head[1](head[0](net[0](v)))  # the head's hidden layer
-                            out = head[3](head[2](hidden))
+                            if ddp is None:
+                                head = net[1]
+                                hidden = head[1](head[0](net[0](v)))  # the head's hidden layer
+                                out = head[3](head[2](hidden))
+                            else:  # the same, through DDP (its backward averages gradients)
+                                hidden, out = ddp(v)
                         d = idx.to(device)
                         loss = self._loss(out.float(), yr[d], yc[d], w_r, w_cls)
                         loss = loss + self._triplet(hidden, yr[d], w_r)
                         optim.zero_grad(set_to_none=True)
-                        loss.backward()
+                        scale = D.loss_scale(dist, len(idx), len(rows))  # uneven shards
+                        (loss if scale is None else loss * scale).backward()
                         optim.step()
                     except RuntimeError as exc:  # out of memory: halve the batch, go on
                         if not T.is_oom(exc) or batch <= 2:
                             raise
+                        if dist.active:  # the ranks cannot agree on a new batch mid-step
+                            raise RuntimeError(
+                                f"out of memory on {device} (rank {dist.rank}) under "
+                                "torch.distributed, where the batch is not halved: fit "
+                                "again with a smaller batch_size."
+                            ) from exc
                         bn.restore()  # the failed step's images must not count in batch norm
                         optim.zero_grad(set_to_none=True)
                         x = v = None
@@ -462,9 +507,9 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                     if ema is not None:
                         avg.at(step_i)
                         ema.update_parameters(net)
-                    total += loss.detach() * len(idx)
-                    seen += len(idx)
-                    start += len(idx)
+                    total += D.global_sum(dist, loss.detach() * len(idx))  # the global batch's
+                    seen += len(rows)
+                    start += len(rows)
                     step_i += 1
                     if ckpt.due(step_i):
                         ckpt.save(snapshot())
@@ -479,6 +524,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                     }
                 )
                 ckpt.save(snapshot(end_of_epoch=True))
+        del ddp
+        D.revert(swapped)  # plain batch norm again: the fitted module knows nothing of DDP
         final = ema.module if ema is not None else net
         final = final.eval()
         final.requires_grad_(False)
@@ -556,6 +603,13 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         tags.target_tags.single_output = True
         tags.non_deterministic = self.device != "cpu"
         return tags
+
+
+def _hidden_and_out(net, v):
+    """The head's hidden layer and the network's outputs (what DDP wraps)."""
+    head = net[1]
+    hidden = head[1](head[0](net[0](v)))
+    return hidden, head[3](head[2](hidden))
 
 
 class _WarmEMA:

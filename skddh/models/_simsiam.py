@@ -52,6 +52,12 @@ def _build(backbone, in_chans, proj_dim, pred_dim):
     return encoder, projector, predictor
 
 
+def _project(model, predictor, v):
+    """Projections and predictions of a batch of views (what DDP wraps)."""
+    z = model["projector"](model["encoder"](v))
+    return z, predictor(z)
+
+
 class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
     """Self-supervised SimSiam pretraining of a timm encoder; ``transform`` gives its features.
 
@@ -66,7 +72,9 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         not square keeps its angles.
     epochs : int, default=10
     batch_size : int, default=256
-        Halved, with a warning, on a device out-of-memory error.
+        Halved, with a warning, on a device out-of-memory error. Under
+        ``torch.distributed``, the global batch (split across the processes, never halved:
+        see Notes).
     lr : float, default=0.05
         Base learning rate for SGD at batch size 256 (scaled linearly), cosine schedule; the
         predictor keeps a fixed rate, as in SimSiam.
@@ -138,6 +146,31 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         Precision the encoder was trained in.
     n_steps_ : int
         Optimiser steps taken (the cosine schedule reaches 0 at the last one).
+
+    Notes
+    -----
+    **Several GPUs or machines.** Launched by ``torchrun`` (``WORLD_SIZE > 1`` in the
+    environment), ``fit`` initialises a ``torch.distributed`` group itself (``nccl`` on
+    CUDA, ``gloo`` on the CPU) and destroys it when it returns; a group the caller has
+    initialised is used and left open. Each process trains on ``cuda:LOCAL_RANK`` (for
+    ``device="auto"`` or ``"cuda"``) under ``DistributedDataParallel``, with every batch
+    norm layer synchronised over all processes. Every process must be given the same ``X``
+    and ``random_state`` (``None`` is fine: rank 0's seed is broadcast); the estimator
+    shards the data itself. ``batch_size`` is the *global* batch: each of the W processes
+    takes its contiguous share (``batch_size / W`` images, shares differing by at most one)
+    of the same sequence of batches, drawn from one permutation per epoch that every
+    process draws identically (what ``DistributedSampler.set_epoch`` achieves), and the
+    learning rate scales with the global batch; so a fit on W processes computes what one
+    process with the same ``batch_size`` computes, up to the order of floating-point sums
+    (augmentation aside: each process draws its own views, from a stream that is a function
+    of ``random_state``, its rank and the step). Nothing is padded or repeated: a last,
+    uneven batch is split unevenly and each share's loss weighted by its size. Under DDP an
+    out-of-memory error is raised, not answered by halving the batch (the processes cannot
+    agree mid-step). Only rank 0 shows progress bars and writes ``checkpoint``; every rank
+    resumes from that file. Every rank ends with the same weights, as plain modules (no DDP
+    wrapper, no synchronised batch norm), so the fitted estimator pickles and transforms
+    like a single-process one; ``transform`` is never sharded: each process that calls it
+    gets the features of every row.
 
     References
     ----------
@@ -279,8 +312,15 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         -------
         self
         """
+        from skddh.models import _distributed as D
+
+        with D.session(self.device) as dist:  # torchrun: one process per device (Notes)
+            return self._fit(X, dist)
+
+    def _fit(self, X, dist):
         import torch
 
+        from skddh.models import _distributed as D
         from skddh.models import _torch as T
         from skddh.models._augment import augment, normalize
 
@@ -288,9 +328,10 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         src = ImageSource(X, self.image_size)
         if src.n < 2:
             raise ValueError(f"SimSiam needs at least 2 images (batch norm), got {src.n}.")
-        device = T.resolve_device(self.device)
+        D.check_same(dist, src.n)
+        device = dist.device
         amp = T.resolve_dtype(self.precision, device)
-        seed = T.seed_from(self.random_state)
+        seed = D.shared_seed(dist, T.seed_from(self.random_state))
         with T.seeded(seed):
             encoder, projector, predictor = _build(
                 self.backbone, src.channels, self.projection_dim, self.prediction_dim
@@ -299,7 +340,8 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         predictor = predictor.to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        batch = min(self.batch_size, src.n)
+        batch = min(self.batch_size, src.n)  # the global batch, split across the ranks
+        D.check_batch(dist, batch)
         base_lr = self.lr * batch / 256
         optim = torch.optim.SGD(
             [
@@ -310,7 +352,6 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
             momentum=0.9,
             weight_decay=self.weight_decay,
         )
-        step_fn = self._make_step(model, predictor, optim, device, amp, aug, augment, normalize)
         bn = T.BatchNormGuard(model, predictor)  # undone on out-of-memory (see its docstring)
         # A compiled step keeps one shape: the short last batch of an epoch is dropped (as
         # lightly's DataLoader(drop_last=True) does), or it would compile the step again.
@@ -321,7 +362,7 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         history = []
         # The schedule counts the steps the loop takes (a last batch of one image is
         # skipped), and is recounted when an out-of-memory error halves the batch.
-        total_steps = self.epochs * B.steps_per_epoch(src.n, batch, drop)
+        total_steps = self.epochs * D.steps_per_epoch(src.n, batch, drop, dist.world)
         step_i = 0
         ckpt = C.Checkpointer(
             self.checkpoint,
@@ -331,6 +372,7 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
             model=model,
             predictor=predictor,
             optim=optim,
+            write=dist.main,  # every rank resumes from rank 0's file; only rank 0 writes it
             gen=gen,
             cpu_gen=cpu_gen,
         )
@@ -338,6 +380,15 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         if loop is not None:
             history, step_i = loop["history"], loop["step"]
             batch, total_steps = loop["batch"], loop["total_steps"]
+        D.barrier(dist)  # every rank has read the checkpoint before rank 0 replaces it
+        swapped = D.sync_batchnorm(dist, model, predictor)
+        ddp = D.wrap(
+            dist,
+            D.Joined(lambda v: _project(model, predictor, v), model=model, predictor=predictor),
+        )
+        step_fn = self._make_step(
+            model, predictor, optim, device, amp, aug, augment, normalize, ddp
+        )
 
         def snapshot(end_of_epoch=False):  # the loop's position, for the checkpoint
             mid = not end_of_epoch
@@ -366,22 +417,32 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
                 t0, seen, losses = time.perf_counter(), 0, []
                 start = 0
             loop = None
-            bar = self._progress(epoch, src.n)
+            bar = self._progress(epoch, src.n) if dist.main else None
             if bar is not None and start:
                 bar.update(start)
-            while start + B.min_batch_rows(batch, drop) <= src.n:
-                idx = order[start : start + batch]
+            while start + D.min_rows(batch, drop, dist.world) <= src.n:
+                rows = order[start : start + batch]  # the global batch
+                idx = D.shard(dist, rows)  # this rank's share (all of it in one process)
+                if dist.active:  # each rank's own stream, a function of the step (resumable)
+                    gen.manual_seed(D.step_seed(seed + 1, dist.rank, step_i))
                 lr = base_lr * 0.5 * (1 + np.cos(np.pi * min(step_i, total_steps) / total_steps))
                 for g in optim.param_groups:
                     g["lr"] = base_lr if g["fix_lr"] else lr
                 bn.save()
                 try:  # building the batch can run out of memory too
-                    ahead = B.next_batch(order, start, batch, drop)
+                    ahead = D.shard(dist, B.next_batch(order, start, batch, drop))
                     x = B.take(data, src, idx, device, self.image_size, ahead=ahead)
-                    loss = step_fn(x, gen)
+                    scale = D.loss_scale(dist, len(idx), len(rows))  # None in one process
+                    loss = step_fn(x, gen) if scale is None else step_fn(x, gen, scale)
                 except RuntimeError as exc:  # out of memory: halve the batch, go on
                     if not T.is_oom(exc) or batch <= 2:
                         raise
+                    if dist.active:  # the ranks cannot agree on a new batch mid-step
+                        raise RuntimeError(
+                            f"out of memory on {device} (rank {dist.rank}) under "
+                            "torch.distributed, where the batch is not halved: fit again "
+                            "with a smaller batch_size."
+                        ) from exc
                     bn.restore()  # the failed step's images must not count in batch norm
                     optim.zero_grad(set_to_none=True)
                     x = None
@@ -399,14 +460,16 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
                         stacklevel=2,
                     )
                     continue
+                if dist.active:  # the global batch's mean loss, the same on every rank
+                    loss = D.global_sum(dist, loss * len(idx)) / len(rows)
                 losses.append(loss)
-                seen += len(idx)
-                start += len(idx)
+                seen += len(rows)
+                start += len(rows)
                 step_i += 1
                 if ckpt.due(step_i):
                     ckpt.save(snapshot())
                 if bar is not None:
-                    bar.update(len(idx))
+                    bar.update(len(rows))
             if bar is not None:
                 bar.close()
             if device.type == "cuda":
@@ -423,6 +486,8 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
                 }
             )
             ckpt.save(snapshot(end_of_epoch=True))
+        del ddp, step_fn
+        D.revert(swapped)  # plain batch norm again: the fitted encoder knows nothing of DDP
         encoder = model["encoder"].eval()
         for p in encoder.parameters():
             p.requires_grad_(False)
@@ -436,7 +501,7 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         ckpt.finish()
         return self
 
-    def _make_step(self, model, predictor, optim, device, amp, aug, augment, normalize):
+    def _make_step(self, model, predictor, optim, device, amp, aug, augment, normalize, ddp=None):
         import torch
         import torch.nn.functional as F
 
@@ -447,8 +512,11 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
 
         def forward(v1, v2):
             v = torch.cat([v1, v2]).contiguous(memory_format=cl)
-            z = model["projector"](model["encoder"](v))
-            p = predictor(z)
+            if ddp is None:
+                z = model["projector"](model["encoder"](v))
+                p = predictor(z)
+            else:  # the same computation, through DDP (its backward averages the gradients)
+                z, p = ddp(v)
             z1, z2 = z.chunk(2)
             p1, p2 = p.chunk(2)
             return -0.5 * (
@@ -460,13 +528,13 @@ class SimSiamFeaturizer(CPUStateMixin, TransformerMixin, BaseEstimator):
         # so only an out-of-memory halving compiles again.
         fwd = torch.compile(forward, dynamic=False) if self.compile else forward
 
-        def step(x, gen):
+        def step(x, gen, scale=None):
             v1 = normalize(augment(x, size, aug, gen))
             v2 = normalize(augment(x, size, aug, gen))
             with T.autocast(device, amp):
                 loss = fwd(v1, v2)
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scale is None else loss * scale).backward()  # scale: DDP's uneven shards
             optim.step()
             return loss.detach().float()
 
