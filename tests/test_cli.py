@@ -236,6 +236,7 @@ def test_fit_honours_the_split_column_and_prints_radii_at_the_users_deltas(
         "delta_alpha": 0.35,
         "delta_coverage": 0.35,
         "calibration_unit": "subject-max",
+        "age_thresholds": "fixed",
     }
     fitted = policy.estimator_
     cal_subjects = np.unique(us.subject[split == "calibration"])
