@@ -132,7 +132,7 @@ def best_pass_rate(twin):
 # %%
 # What the searches chose
 # -----------------------
-# On the SimSiam features the best candidate scores just above -1, the score of referring
+# On the SimSiam features the best candidate scores at or just above -1, the score of referring
 # everyone, and passes almost no hip (under 10 % in cross-validation): with bounds this
 # wide, passing a hip risks a miss that costs ten X-rays, and the few hips whose bounds do
 # clear the thresholds save little. The AND candidates at ``delta`` 0.1 and 0.2 pass no hip
@@ -155,7 +155,7 @@ for name in feature_sets:
     assert np.isclose(search.best_score_, twin.best_score_), (search.best_score_, twin.best_score_)
 weak, good = "SimSiam, 2 epochs", "stand-in"
 scores_weak = twins[weak].cv_results_
-assert -1 < searches[weak].best_score_ < -0.9, searches[weak].best_score_
+assert -1 <= searches[weak].best_score_ < -0.9, searches[weak].best_score_
 assert best_pass_rate(twins[weak]) < 0.1, best_pass_rate(twins[weak])
 weak_and = scores_weak[scores_weak["rule"] == "and"].set_index("delta")
 assert (weak_and.loc[[0.1, 0.2], "mean_test_score"] == -1).all(), weak_and
