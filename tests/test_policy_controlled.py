@@ -1,6 +1,7 @@
 """Risk-controlled and conformal-selection policies: guarantees as statistics, with controls."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -348,3 +349,76 @@ def test_image_unit_calibrates_rows_and_sample_weight_routes():
         )
         search = GridSearchCV(routed, {"alpha": [0.1]}, cv=GroupKFold(3))
         search.fit(X, y, groups=g, sample_weight=np.ones(len(y)))
+
+
+@pytest.mark.parametrize("ltt_method", ["fixed_sequence", "bonferroni"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_risk_policy_matches_mapie_controller_end_to_end(ltt_method, seed):
+    """The estimator, not just the function: ``RiskControlledPolicy`` against mapie's
+    ``BinaryClassificationController`` on the same frozen regressor and calibration rows.
+
+    Same thing computed when each subject has one image (``calibration_unit="image"``): a
+    hip is passed at margin ``m`` iff ``pred - 60 >= m`` (mapie thresholds column 1 of
+    ``predict_function`` by ``list_predict_params``), the risk is ``P(passed and abnormal)``,
+    Learn-then-Test with the same FWER correction, the best parameter the valid one that
+    refers fewest. ``n = 128`` and ``epsilon = 0.125`` avoid mapie's floating-point
+    ``ceil(n * (k / n))`` and ``1 - confidence_level`` round trips (see
+    ``tests/test_conformal_risk.py``). Compared: p-values (rtol 1e-12), the chosen margin and
+    the pass/refer decisions on new hips (exactly).
+    """
+    rc = pytest.importorskip("mapie.risk_control")
+    from sklearn.frozen import FrozenEstimator
+
+    rng = np.random.default_rng(seed)
+    n, eps, alpha = 128, 0.125, 0.1
+    margins = np.linspace(-4.0, 12.0, 81)
+
+    def draw(m):
+        y = rng.normal(62, 4, m)
+        return (y + rng.normal(0, 2, m))[:, None], pd.DataFrame({"alpha": y})
+
+    X_train, y_train = draw(200)
+    head = LinearRegression().fit(X_train, y_train)
+    X_cal, y_cal = draw(n)
+    X_new, _ = draw(500)
+    policy = RiskControlledPolicy(
+        FrozenEstimator(head),
+        alpha=alpha,
+        epsilon=eps,
+        ltt_method=ltt_method,
+        margins=margins,
+        thresholds=THR,
+        calibration_unit="image",
+    ).fit(X_cal, y_cal)
+    assert policy.n_calibration_ == n  # every row calibrates
+
+    def predict_function(X):
+        gap = head.predict(np.asarray(X, float))[:, 0] - 60.0
+        return np.column_stack([-gap, gap])
+
+    def risk(occurrence):
+        return rc.BinaryRisk(
+            risk_occurrence=occurrence,
+            risk_condition=lambda y_true, y_pred: np.repeat(True, len(y_true)),
+            higher_is_better=False,
+        )
+
+    ctrl = rc.BinaryClassificationController(
+        predict_function=predict_function,
+        risk=risk(lambda y_true, y_pred: (y_pred == 1) & (y_true == 1)),
+        target_level=alpha,
+        confidence_level=1 - eps,
+        best_predict_param_choice=risk(lambda y_true, y_pred: y_pred == 0),
+        list_predict_params=margins,
+        fwer_method=ltt_method,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "predictions are not probabilities"
+        ctrl.calibrate(X_cal, (y_cal["alpha"].to_numpy() < 60).astype(int))
+    np.testing.assert_allclose(
+        policy.p_values_[:-1], np.asarray(ctrl.p_values)[:, 0], rtol=1e-12
+    )  # ours has +inf appended, whose p-value is 0
+    assert np.isfinite(policy.margin_) and policy.margin_ == ctrl.best_predict_param
+    passed = policy.predict(X_new)
+    np.testing.assert_array_equal(passed, ctrl.predict(X_new))
+    assert 0.05 < passed.mean() < 0.95  # both decisions occur: the comparison is not vacuous
