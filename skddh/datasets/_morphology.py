@@ -294,7 +294,8 @@ def make_hip_morphology_cohort(
     References
     ----------
     .. [1] Khosravi B, Bukowiec L, Mickley JP, et al. Characterizing hip joint morphology
-       using a multitask deep learning model. Mayo Clinic (abstract).
+       using a multitask deep learning model. J Hip Preserv Surg 2025;12(1):27-32,
+       doi:10.1093/jhps/hnae041.
     .. [2] Gwet KL. Computing inter-rater reliability and its variance in the presence of
        high agreement. Br J Math Stat Psychol 2008;61:29-48.
 
