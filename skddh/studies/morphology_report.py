@@ -240,7 +240,9 @@ def write_morphology_report(
         f"{cfg['image_size']} px. Localiser: `HipJointLocalizer` ({cfg['localizer_backbone']}, "
         f"{cfg['localizer_size']} px input, {cfg['localizer_epochs']} epochs). Classifier: "
         f"`MorphologyClassifier` ({cfg['backbone']}, {cfg['crop_size']} px crops, "
-        f"{cfg['epochs']} epochs, sex as the auxiliary output, balanced positive weights, "
+        f"{cfg['epochs']} epochs, "
+        f"{'default augmentation' if cfg.get('augment', True) else 'no augmentation'}, "
+        f"sex as the auxiliary output, balanced positive weights, "
         + (
             f"thresholds by {_THRESHOLD_TEXT.get(str(cfg['threshold']), cfg['threshold'])} on "
             f"a {cfg['validation_size']:.0%} patient split), "
