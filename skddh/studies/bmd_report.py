@@ -256,6 +256,13 @@ def write_bmd_report(result: BMDStudyResult, out: str | Path, *, command: str = 
     pseudo = _pseudo_table(runs)
     lines += [_md(pseudo, index=False) if not pseudo.empty else "(no self-training run)", ""]
     lines += [
+        "Would a better trust criterion help? `benchmarks/bench_bmd_pseudo_labels.py` refits "
+        "the small-scale regressor on the pseudo-labels an oracle would trust (the half truly "
+        "closest to DEXA), and on true labels for those rows and for a random half; its "
+        "figures and reading are in `benchmarks/README.md`.",
+        "",
+    ]
+    lines += [
         "## Osteoporosis screening (DEXA T <= -2.5; T-score of the predicted BMD)",
         "",
         _md(_screening_table(result.summary), index=False),
