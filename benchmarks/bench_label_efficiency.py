@@ -18,6 +18,12 @@ Methods (each on the same nested training subjects, the same test subjects, per 
   labelled images plus the unlabelled registry (NaN targets), pseudo-labels refined over 3
   rounds (3 folds, 2 repeats: 19 head fits);
 - ``simsiam+finetune``: :class:`~skddh.FineTuningRegressor` initialised from that encoder;
+- ``scratch+student``: noisy student on the registry: the ``scratch+aug`` model (teacher)
+  labels the unlabelled registry, and a fresh ``scratch+aug`` model (student, augmented, the
+  same number of steps) trains on the labelled images plus the pseudo-labelled registry. The
+  student sees augmented views the teacher labelled unaugmented, which is what the BMD
+  diagnostics (``bench_bmd_pseudo_labels.py``) say pseudo-labels need to carry new
+  information;
 - ``all-labels``: ``scratch+aug`` on every non-test subject (the reference the registry has
   to buy back).
 
@@ -63,6 +69,7 @@ METHODS = [
     "scratch+aug",
     "simsiam+head",
     "simsiam+selftrain",
+    "scratch+student",
     "simsiam+finetune",
     "all-labels",
 ]
@@ -141,6 +148,7 @@ def run_seed(args, seed):
         if "simsiam+selftrain" in args.methods:
             reg_feats = sim.transform(cohort.registry_us)
         print(f"seed {seed}: SimSiam {time.perf_counter() - t:.0f} s", flush=True)
+    teachers, reg_images = {}, None  # scratch+aug models per budget, for scratch+student
     budgets = [(k, pool[:k]) for k in args.subjects]
     if "all-labels" in args.methods:
         budgets.append((len(pool), pool))
@@ -154,7 +162,19 @@ def run_seed(args, seed):
             if method == "median":
                 pred = np.tile(y[tr].median().to_numpy(), (int(test.sum()), 1))
             elif method in ("scratch+aug", "all-labels"):
-                pred = _finetune(args, seed, n_img).fit(images[tr], y[tr]).predict(images[test])
+                teacher = _finetune(args, seed, n_img).fit(images[tr], y[tr])
+                teachers[k] = teacher
+                pred = teacher.predict(images[test])
+            elif method == "scratch+student":
+                if k not in teachers:  # scratch+aug not asked for: fit the teacher here
+                    teachers[k] = _finetune(args, seed, n_img).fit(images[tr], y[tr])
+                if reg_images is None:
+                    reg_images = np.asarray(cohort.registry_us)
+                pseudo = pd.DataFrame(teachers[k].predict(reg_images), columns=TARGETS)
+                X_st = np.concatenate([images[tr], reg_images])
+                y_st = pd.concat([y[tr], pseudo], ignore_index=True)
+                student = _finetune(args, seed + 1, len(X_st)).fit(X_st, y_st)
+                pred = student.predict(images[test])
             elif method == "simsiam+head":
                 head = MeasurementRegressor(device=args.device, random_state=seed)
                 pred = head.fit(feats[tr], y[tr]).predict(feats[test])
