@@ -149,6 +149,13 @@ def run_seed(args, seed):
             reg_feats = sim.transform(cohort.registry_us)
         print(f"seed {seed}: SimSiam {time.perf_counter() - t:.0f} s", flush=True)
     teachers, reg_images = {}, None  # scratch+aug models per budget, for scratch+student
+
+    def teacher(k, tr, n_img):
+        """The ``scratch+aug`` model of budget ``k``, fitted once whichever method asks first."""
+        if k not in teachers:
+            teachers[k] = _finetune(args, seed, n_img).fit(images[tr], y[tr])
+        return teachers[k]
+
     budgets = [(k, pool[:k]) for k in args.subjects]
     if "all-labels" in args.methods:
         budgets.append((len(pool), pool))
@@ -162,15 +169,11 @@ def run_seed(args, seed):
             if method == "median":
                 pred = np.tile(y[tr].median().to_numpy(), (int(test.sum()), 1))
             elif method in ("scratch+aug", "all-labels"):
-                teacher = _finetune(args, seed, n_img).fit(images[tr], y[tr])
-                teachers[k] = teacher
-                pred = teacher.predict(images[test])
+                pred = teacher(k, tr, n_img).predict(images[test])
             elif method == "scratch+student":
-                if k not in teachers:  # scratch+aug not asked for: fit the teacher here
-                    teachers[k] = _finetune(args, seed, n_img).fit(images[tr], y[tr])
                 if reg_images is None:
                     reg_images = np.asarray(cohort.registry_us)
-                pseudo = pd.DataFrame(teachers[k].predict(reg_images), columns=TARGETS)
+                pseudo = pd.DataFrame(teacher(k, tr, n_img).predict(reg_images), columns=TARGETS)
                 X_st = np.concatenate([images[tr], reg_images])
                 y_st = pd.concat([y[tr], pseudo], ignore_index=True)
                 student = _finetune(args, seed + 1, len(X_st)).fit(X_st, y_st)
