@@ -12,7 +12,11 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
 from skddh import FineTuningRegressor, OneSidedConformalRegressor, SimSiamFeaturizer
-from skddh.models._augment import MeasureAugmentParams, augment_measurement
+from skddh.models._augment import (
+    MeasureAugmentParams,
+    augment_measurement,
+    measurement_views,
+)
 
 
 def _model(**kw):
@@ -144,6 +148,24 @@ def test_deterministic_on_cpu_pickle_and_clone(data):
     assert a.predict(images[:8]).shape == (8,)
     c = clone(a)
     assert not hasattr(c, "module_") and c.get_params() == a.get_params()
+
+
+def test_test_time_views_average_fixed_transforms_of_each_image(data):
+    """Averaged views: one view is the plain prediction, and a prediction depends on its image
+    only (not on the batch, its position or the call), as conformal calibration needs."""
+    images, y, _ = data
+    plain = _model(epochs=1).fit(images, y.level)
+    views = pickle.loads(pickle.dumps(plain)).set_params(test_time_views=5)  # same weights
+    full = views.predict(images)
+    np.testing.assert_allclose(views.predict(images[::-1][:7]), full[::-1][:7], atol=1e-5)
+    np.testing.assert_array_equal(views.predict(images), full)  # every call the same
+    assert np.abs(full - plain.predict(images)).max() > 1e-4  # the other views count
+    x = torch.rand(3, 1, 32, 32)
+    v = list(measurement_views(x, MeasureAugmentParams(), 4))
+    assert len(v) == 4 and torch.equal(v[0], x) and not torch.equal(v[1], x)
+    fitted = _model(epochs=1, test_time_views=3).fit(images, y.level)
+    w = "conv1.weight"  # training is unchanged by the views
+    torch.testing.assert_close(fitted.module_[0].state_dict()[w], plain.module_[0].state_dict()[w])
 
 
 def test_not_square_arrays_are_letterboxed_like_files(data):

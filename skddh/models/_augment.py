@@ -153,6 +153,51 @@ class MeasureAugmentParams:
     noise: float = 0.03
 
 
+def _measure_theta(n, p: MeasureAugmentParams, gen, device):
+    """Affine matrices (n, 2, 3) of random rotations, isotropic zooms and shifts."""
+    angle = torch.deg2rad(_uniform(n, -p.rotation, p.rotation, gen, device))
+    log_s = _uniform(n, math.log(p.scale[0]), math.log(p.scale[1]), gen, device)
+    inv = torch.exp(-log_s)  # the grid maps output to input coordinates: zoom s -> 1 / s
+    tx = _uniform(n, -p.shift, p.shift, gen, device) * 2  # normalised coordinates span 2
+    ty = _uniform(n, -p.shift, p.shift, gen, device) * 2
+    cos, sin = torch.cos(angle) * inv, torch.sin(angle) * inv
+    return torch.stack(
+        [torch.stack([cos, -sin, tx], dim=1), torch.stack([sin, cos, ty], dim=1)], dim=1
+    )
+
+
+def _warp(x, theta):
+    """Resample every image of ``x`` by its affine matrix; black where nothing maps."""
+    grid = F.affine_grid(theta.to(x.dtype), tuple(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def measurement_views(x: torch.Tensor, p: MeasureAugmentParams, n_views: int):
+    """The same ``n_views`` label-preserving geometric views of every image, for averaging.
+
+    Test-time augmentation: view 0 is the image itself; the others are rotations, isotropic
+    zooms and shifts within ``p``'s training ranges (no intensity change, no noise), drawn
+    once from a fixed seed. Every image gets the same transforms, so a prediction depends on
+    its image only, not on the batch it arrives in, the device or the call.
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, C, H, W), float in [0, 1]
+    p : MeasureAugmentParams
+    n_views : int >= 1
+
+    Yields
+    ------
+    Tensor of the shape of ``x``, one view of every image at a time.
+    """
+    gen = torch.Generator().manual_seed(0)  # on the CPU: the same views on every device
+    theta = _measure_theta(n_views, p, gen, torch.device("cpu")).to(x.device)
+    theta[0] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    n = x.shape[0]
+    for k in range(n_views):
+        yield x if k == 0 else _warp(x, theta[k].expand(n, 2, 3))
+
+
 def augment_measurement(
     x: torch.Tensor, p: MeasureAugmentParams, gen: torch.Generator
 ) -> torch.Tensor:
@@ -170,17 +215,7 @@ def augment_measurement(
     are black (the ultrasound sector's surroundings), never mirrored copies of anatomy.
     """
     n, dev = x.shape[0], x.device
-    angle = torch.deg2rad(_uniform(n, -p.rotation, p.rotation, gen, dev))
-    log_s = _uniform(n, math.log(p.scale[0]), math.log(p.scale[1]), gen, dev)
-    inv = torch.exp(-log_s)  # the grid maps output to input coordinates: zoom s -> 1 / s
-    tx = _uniform(n, -p.shift, p.shift, gen, dev) * 2  # normalised coordinates span 2
-    ty = _uniform(n, -p.shift, p.shift, gen, dev) * 2
-    cos, sin = torch.cos(angle) * inv, torch.sin(angle) * inv
-    theta = torch.stack(
-        [torch.stack([cos, -sin, tx], dim=1), torch.stack([sin, cos, ty], dim=1)], dim=1
-    )
-    grid = F.affine_grid(theta, tuple(x.shape), align_corners=False).to(x.dtype)
-    v = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    v = _warp(x, _measure_theta(n, p, gen, dev))
     v = _intensity(v, p.brightness, p.contrast, p.gamma, gen)
     if p.noise > 0:
         amp = _uniform(n, 0.0, p.noise, gen, dev).view(n, 1, 1, 1)

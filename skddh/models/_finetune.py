@@ -124,6 +124,12 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
     gamma : float, default=0.2
     noise : float, default=0.03
         Maximum standard deviation of additive Gaussian noise.
+    test_time_views : int, default=1
+        Views of each image whose network outputs are averaged at prediction: the image
+        itself and ``test_time_views - 1`` rotations, zooms and shifts within the training
+        ranges above (no intensity change), the same transforms for every image, so a
+        prediction is a fixed function of its image (what conformal calibration needs).
+        1: the image only. Prediction costs this many forward passes.
     standardize_targets : bool, default=True
     triplet_weight : float, default=0.0
         Weight of the adaptive triplet loss on the head's hidden layer (0 turns it off), as
@@ -225,6 +231,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         "contrast": [Interval(Real, 0, 1, closed="both")],
         "gamma": [Interval(Real, 0, None, closed="left")],
         "noise": [Interval(Real, 0, None, closed="left")],
+        "test_time_views": [Interval(Integral, 1, None, closed="left")],
         "standardize_targets": ["boolean"],
         "triplet_weight": [Interval(Real, 0, None, closed="left")],
         "triplet_margin": [Interval(Real, 0, None, closed="left")],
@@ -260,6 +267,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         contrast=0.2,
         gamma=0.2,
         noise=0.03,
+        test_time_views=1,
         standardize_targets=True,
         triplet_weight=0.0,
         triplet_margin=0.5,
@@ -291,6 +299,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         self.contrast = contrast
         self.gamma = gamma
         self.noise = noise
+        self.test_time_views = test_time_views
         self.standardize_targets = standardize_targets
         self.triplet_weight = triplet_weight
         self.triplet_margin = triplet_margin
@@ -546,9 +555,10 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         import torch
 
         from skddh.models import _torch as T
-        from skddh.models._augment import normalize
+        from skddh.models._augment import measurement_views, normalize
 
         check_is_fitted(self)
+        aug = self._augment_params()
         src = ImageSource(X, self.image_size_)
         if src.channels != self.n_channels_in_:
             raise ValueError(
@@ -561,13 +571,15 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         cl = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         out = np.empty((src.n, self._n_outputs), np.float64)
         step = max(1, self.batch_size)
+        views = self.test_time_views
         with torch.inference_mode():
             for start in range(0, src.n, step):
                 sl = slice(start, min(src.n, start + step))
-                x = normalize(B.read(src, sl, device, self.image_size_))
-                x = x.contiguous(memory_format=cl)
-                with T.autocast(device, amp):
-                    out[sl] = T.to_numpy(module(x))
+                acc = 0.0
+                for v in measurement_views(B.read(src, sl, device, self.image_size_), aug, views):
+                    with T.autocast(device, amp):
+                        acc = acc + module(normalize(v).contiguous(memory_format=cl)).float()
+                out[sl] = T.to_numpy(acc / views)
         return out
 
     def predict(self, X):
