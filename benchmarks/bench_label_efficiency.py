@@ -12,6 +12,9 @@ Methods (each on the same nested training subjects, the same test subjects, per 
 - ``median``: the training labels' median;
 - ``scratch+aug``: :class:`~skddh.FineTuningRegressor` from a fresh backbone, with
   label-preserving augmentation;
+- ``scratch+aug+views``: the same fitted model, predicting the mean over
+  ``--test-time-views`` fixed rotations, zooms and shifts of each image
+  (``test_time_views``; no extra training);
 - ``simsiam+head``: the paper's recipe, frozen :class:`~skddh.SimSiamFeaturizer` features and a
   :class:`~skddh.MeasurementRegressor` head;
 - ``simsiam+selftrain``: :class:`~skddh.SelfTrainingRegressor` around that head, on the
@@ -38,6 +41,7 @@ Results: mean and spread over seeds, a CSV (``--out``) and a PNG plot.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import time
@@ -67,6 +71,7 @@ SIMSIAM_AUG = {
 METHODS = [
     "median",
     "scratch+aug",
+    "scratch+aug+views",
     "simsiam+head",
     "simsiam+selftrain",
     "scratch+student",
@@ -170,6 +175,10 @@ def run_seed(args, seed):
                 pred = np.tile(y[tr].median().to_numpy(), (int(test.sum()), 1))
             elif method in ("scratch+aug", "all-labels"):
                 pred = teacher(k, tr, n_img).predict(images[test])
+            elif method == "scratch+aug+views":
+                views = copy.deepcopy(teacher(k, tr, n_img))
+                views.set_params(test_time_views=args.test_time_views)
+                pred = views.predict(images[test])
             elif method == "scratch+student":
                 if reg_images is None:
                     reg_images = np.asarray(cohort.registry_us)
@@ -272,6 +281,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--encoder-lr", type=float, default=3e-4)
+    ap.add_argument("--test-time-views", type=int, default=16, help="for scratch+aug+views")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("bench_out/label_efficiency"))
     args = ap.parse_args(argv)

@@ -798,11 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--device", type=_device, default="auto", help=device_help)
     rep.add_argument(
         "--us-model",
-        choices=["head", "finetune"],
+        choices=["scratch", "finetune", "head"],
         default=None,
-        help="ultrasound model: head (frozen SimSiam + MLP head, the paper's; both scales' "
-        "default) or finetune (encoder and head trained end to end with label-preserving "
-        "augmentation; about 6 times slower)",
+        help="ultrasound model: scratch (a fresh encoder and head trained end to end with "
+        "label-preserving augmentation; the small scale's default), finetune (the same from "
+        "the SimSiam encoder; the paper scale's) or head (frozen SimSiam + MLP head, the "
+        "paper's recipe)",
     )
     rep.add_argument("--out", type=_writable_dir, default="skddh_out", help="output directory")
     rep.add_argument("--seed", type=_seed, default=None, help=f"{seed_help}; default 0")

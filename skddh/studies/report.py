@@ -20,9 +20,12 @@ from skddh.studies.headline import headline_figure
 __all__ = ["write_report"]
 
 _US_MODEL_TEXT = {
-    "FineTuningRegressor": "SimSiam-initialised encoder and head fine-tuned end to end with "
+    "scratch": "encoder (fresh ResNet-18) and head trained end to end on the labelled images "
+    "with label-preserving augmentation, predictions averaged over fixed views "
+    "(`FineTuningRegressor`)",
+    "finetune": "SimSiam-initialised encoder and head fine-tuned end to end with "
     "label-preserving augmentation (`FineTuningRegressor`)",
-    "MeasurementRegressor": "frozen SimSiam encoder + MLP head (the paper's recipe)",
+    "head": "frozen SimSiam encoder + MLP head (the paper's recipe)",
 }
 
 #: What the headline table's columns mean (shared with the report over seeds).
@@ -248,7 +251,7 @@ def write_report(result: StudyResult, out: str | Path) -> Path:
     text = f"""# skddh reproduce: report
 
 Scale `{result.scale}`, device `{result.device}`, seed {result.seed}. Ultrasound model:
-{_US_MODEL_TEXT.get(result.us_model, result.us_model)}; X-ray: frozen SimSiam encoder + MLP
+{_US_MODEL_TEXT.get(result.us_recipe, result.us_model)}; X-ray: frozen SimSiam encoder + MLP
 head (the paper's). Synthetic cohort
 (`make_hip_cohort`), so "paper" columns are the DDH paper's figures on its real data
 (arXiv 2511.18457), shown for shape, not as a target to match digit for digit.
