@@ -15,6 +15,9 @@ Methods (each on the same nested training subjects, the same test subjects, per 
 - ``scratch+aug+views``: the same fitted model, predicting the mean over
   ``--test-time-views`` fixed rotations, zooms and shifts of each image
   (``test_time_views``; no extra training);
+- ``scratch+ensemble``: the mean prediction of ``--ensemble`` such models (with views) that
+  differ only in ``random_state`` (initialisation, batches, augmentation draws); the first is
+  the ``scratch+aug`` model, so it costs ``--ensemble - 1`` more fits;
 - ``simsiam+head``: the paper's recipe, frozen :class:`~skddh.SimSiamFeaturizer` features and a
   :class:`~skddh.MeasurementRegressor` head;
 - ``simsiam+selftrain``: :class:`~skddh.SelfTrainingRegressor` around that head, on the
@@ -72,6 +75,7 @@ METHODS = [
     "median",
     "scratch+aug",
     "scratch+aug+views",
+    "scratch+ensemble",
     "simsiam+head",
     "simsiam+selftrain",
     "scratch+student",
@@ -98,6 +102,12 @@ def _finetune(args, seed, n_images, encoder=None):
         device=args.device,
         random_state=seed,
     )
+
+
+def _with_views(model, args):
+    """A copy of a fitted model that predicts the mean over ``--test-time-views`` views."""
+    views = copy.deepcopy(model)
+    return views.set_params(test_time_views=args.test_time_views)
 
 
 def run_seed(args, seed):
@@ -176,9 +186,13 @@ def run_seed(args, seed):
             elif method in ("scratch+aug", "all-labels"):
                 pred = teacher(k, tr, n_img).predict(images[test])
             elif method == "scratch+aug+views":
-                views = copy.deepcopy(teacher(k, tr, n_img))
-                views.set_params(test_time_views=args.test_time_views)
-                pred = views.predict(images[test])
+                pred = _with_views(teacher(k, tr, n_img), args).predict(images[test])
+            elif method == "scratch+ensemble":
+                members = [teacher(k, tr, n_img)] + [
+                    _finetune(args, seed + 1000 * m, n_img).fit(images[tr], y[tr])
+                    for m in range(1, args.ensemble)
+                ]
+                pred = np.mean([_with_views(m, args).predict(images[test]) for m in members], 0)
             elif method == "scratch+student":
                 if reg_images is None:
                     reg_images = np.asarray(cohort.registry_us)
@@ -282,6 +296,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--encoder-lr", type=float, default=3e-4)
     ap.add_argument("--test-time-views", type=int, default=16, help="for scratch+aug+views")
+    ap.add_argument("--ensemble", type=int, default=2, help="members of scratch+ensemble")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("bench_out/label_efficiency"))
     args = ap.parse_args(argv)
