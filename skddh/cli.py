@@ -800,10 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--us-model",
         choices=["scratch", "finetune", "head"],
         default=None,
-        help="ultrasound model: scratch (a fresh encoder and head trained end to end with "
-        "label-preserving augmentation; the small scale's default), finetune (the same from "
-        "the SimSiam encoder; the paper scale's) or head (frozen SimSiam + MLP head, the "
-        "paper's recipe)",
+        help="ultrasound model: head (frozen SimSiam + MLP head, the paper's recipe; the "
+        "small scale's), finetune (encoder and head trained end to end with label-preserving "
+        "augmentation from the SimSiam encoder; the paper scale's) or scratch (the same from "
+        "a fresh encoder); the two fine-tuning models train six times a study (once, and once "
+        "per CV+ fold)",
     )
     rep.add_argument("--out", type=_writable_dir, default="skddh_out", help="output directory")
     rep.add_argument("--seed", type=_seed, default=None, help=f"{seed_help}; default 0")
