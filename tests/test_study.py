@@ -149,3 +149,33 @@ def test_guarantees_table(tiny_study, tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "## Guarantees compared at level 0.10" in text
     assert (tmp_path / "guarantees.csv").stat().st_size > 0
+
+
+def test_scratch_recipe_and_memoised_predictions():
+    """``us_model="scratch"`` is a FineTuningRegressor with no encoder; the study's memo
+    returns the inner model's predictions, computing each distinct input once."""
+    from sklearn.dummy import DummyRegressor
+
+    from skddh.studies.ddh import SMALL_SCRATCH, _Memoized, _us_model
+
+    model, reads = _us_model({**SMALL_SCRATCH}, "cpu", 0, encoder=None)
+    assert reads == "images" and model.encoder is None
+    assert model.test_time_views == SMALL_SCRATCH["test_time_views"]
+    assert model.image_size == 64 and SMALL_SCRATCH["encoder_image_size"] == 32
+
+    calls = []
+
+    class Counting(DummyRegressor):
+        def predict(self, X):
+            calls.append(len(X))
+            return super().predict(X) + np.asarray(X)[:, 0]
+
+    X = np.arange(12.0).reshape(6, 2)
+    inner = Counting().fit(X, np.ones(6))
+    memo = _Memoized(inner)
+    first = memo.predict(X)
+    first[:] = -1  # a copy: the memo is not edited through the caller's array
+    np.testing.assert_array_equal(memo.predict(X.copy()), inner.predict(X))
+    np.testing.assert_array_equal(memo.predict(X[:3]), inner.predict(X[:3]))
+    assert calls == [6, 6, 3, 3]  # X twice through the memo: one call; X[:3]: one more
+    assert memo.n_features_in_ == 2  # fitted attributes are the inner model's
