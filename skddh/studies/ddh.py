@@ -74,10 +74,11 @@ SCALES = {
 #:   end with label-preserving augmentation, predictions averaged over ``test_time_views``
 #:   views. The best method of ``benchmarks/bench_label_efficiency.py`` at 64 px (alpha MAE
 #:   about 0.68x the median's at 30 labelled subjects); in the study it costs six fits (one,
-#:   and five for CV+). Measured as the small scale at 64 px (``SMALL_SCRATCH``), seed 0:
-#:   alpha MAE 4.94 and coverage 5.60 against the head's 7.59 and 9.32 (the median's 4.31
-#:   and 5.92), beta 6.93 against 6.72 (median 6.42), and 56 minutes with another job on the
-#:   2 cores (33 of them for CV+), so it is not the small default;
+#:   and five for CV+). Measured as the small scale at 64 px (``SMALL_SCRATCH``), MAE
+#:   alpha / beta / coverage, seed 0: 4.94 / 6.93 / 5.60 (head 7.59 / 6.72 / 9.32, median
+#:   4.31 / 6.42 / 5.92); seed 1: 4.03 / 7.40 / 5.10 (head 5.34 / 7.03 / 6.08, median 4.92 /
+#:   6.12 / 5.55), 717 s alone on 2 cores (515 s of it CV+). Beta stays above the median,
+#:   so it is not yet the small default;
 #: - ``"finetune"``: the same, initialised from the SimSiam encoder (the paper scale's, where
 #:   the encoder is pretrained on 37,186 images; not yet run on a GPU).
 #:
