@@ -73,8 +73,8 @@ SCALES = {
 #: - ``"scratch"``: :class:`~skddh.FineTuningRegressor` from a fresh backbone, trained end to
 #:   end with label-preserving augmentation, predictions averaged over ``test_time_views``
 #:   views. The best method of ``benchmarks/bench_label_efficiency.py`` at 64 px (alpha MAE
-#:   about 0.68x the median's at 30 labelled subjects); in the study it costs six fits (one,
-#:   and five for CV+). Measured as the small scale at 64 px (``SMALL_SCRATCH``), MAE
+#:   0.69x the median's at 30 labelled subjects, mean of 3 seeds); in the study it costs
+#:   six fits (one, and five for CV+). Measured as the small scale at 64 px (``SMALL_SCRATCH``), MAE
 #:   alpha / beta / coverage, seed 0: 4.94 / 6.93 / 5.60 (head 7.59 / 6.72 / 9.32, median
 #:   4.31 / 6.42 / 5.92); seed 1: 4.03 / 7.40 / 5.10 (head 5.34 / 7.03 / 6.08, median 4.92 /
 #:   6.12 / 5.55), 717 s alone on 2 cores (515 s of it CV+). Beta stays above the median,
