@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import time
@@ -101,6 +102,7 @@ def _finetune(args, seed, n_images, encoder=None):
         encoder_lr=args.encoder_lr,
         device=args.device,
         random_state=seed,
+        **args.finetune_params,
     )
 
 
@@ -297,6 +299,12 @@ def main(argv=None):
     ap.add_argument("--encoder-lr", type=float, default=3e-4)
     ap.add_argument("--test-time-views", type=int, default=16, help="for scratch+aug+views")
     ap.add_argument("--ensemble", type=int, default=2, help="members of scratch+ensemble")
+    ap.add_argument(
+        "--finetune-params",
+        type=json.loads,
+        default={},
+        help='more FineTuningRegressor parameters, as JSON: \'{"loss_weights": {"beta": 0.3}}\'',
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("bench_out/label_efficiency"))
     args = ap.parse_args(argv)
@@ -307,6 +315,7 @@ def main(argv=None):
         f"SimSiam {args.simsiam_epochs} epochs on {args.n_registry} images "
         f"({args.simsiam_aug} augmentation); "
         f"seeds {args.seeds}; {args.test_subjects} test subjects"
+        + (f"; fine-tuning {json.dumps(args.finetune_params)}" if args.finetune_params else "")
     )
     print(title, flush=True)
     t0 = time.perf_counter()
