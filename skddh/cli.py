@@ -567,25 +567,35 @@ def _fit(args) -> int:
         raise CommandError("no labelled calibration images")
     n_cal_subjects = len(np.unique(subject[cal]))
     _check_deltas(args, int(cal.sum()) if args.calibration_unit == "image" else n_cal_subjects)
-    pool, source = _pretraining_images(data, held_out, args)
-    if len(pool) == 0:
-        raise CommandError(f"no images to pretrain on ({source})")
-    print(f"[skddh] pretraining SimSiam on {len(pool)} ultrasound images ({source}) ...")
-    encoder = SimSiamFeaturizer(
-        image_size=args.image_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        device=args.device,
-        random_state=args.seed,
-        verbose=1,
-    ).fit(pool)
+    encoder = None
+    if args.us_model != "scratch":  # a fresh encoder needs no pretraining
+        pool, source = _pretraining_images(data, held_out, args)
+        if len(pool) == 0:
+            raise CommandError(f"no images to pretrain on ({source})")
+        print(f"[skddh] pretraining SimSiam on {len(pool)} ultrasound images ({source}) ...")
+        encoder = SimSiamFeaturizer(
+            image_size=args.image_size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            device=args.device,
+            random_state=args.seed,
+            verbose=1,
+        ).fit(pool)
     n_train_subjects = len(np.unique(subject[train]))
-    what = "fine-tuning encoder and head" if args.us_model == "finetune" else "training the head"
+    what = {
+        "head": "training the head",
+        "finetune": "fine-tuning encoder and head",
+        "scratch": "training a fresh encoder and head",
+    }[args.us_model]
     print(f"[skddh] {what} on {int(train.sum())} images of {n_train_subjects} subjects")
-    if args.us_model == "finetune":
+    if args.us_model in ("finetune", "scratch"):
         head = FineTuningRegressor(
-            FrozenEstimator(encoder),
+            None if encoder is None else FrozenEstimator(encoder),
+            image_size=args.image_size,
             epochs=args.finetune_epochs,
+            # a fresh encoder has nothing to keep: the head's rate (benchmarks/README.md)
+            encoder_lr=1e-3 if encoder is None else 3e-4,
+            test_time_views=args.test_time_views,
             device=args.device,
             random_state=args.seed,
         )
@@ -800,11 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--us-model",
         choices=["scratch", "finetune", "head"],
         default=None,
-        help="ultrasound model: head (frozen SimSiam + MLP head, the paper's recipe; the "
-        "small scale's), finetune (encoder and head trained end to end with label-preserving "
-        "augmentation from the SimSiam encoder; the paper scale's) or scratch (the same from "
-        "a fresh encoder); the two fine-tuning models train six times a study (once, and once "
-        "per CV+ fold)",
+        help="ultrasound model: head (frozen SimSiam + MLP head, the paper's recipe), "
+        "finetune (encoder and head trained end to end with label-preserving augmentation "
+        "from the SimSiam encoder; the paper scale's) or scratch (the same from a fresh "
+        "encoder; the small scale's); the two fine-tuning models train six times a study "
+        "(once, and once per CV+ fold)",
     )
     rep.add_argument("--out", type=_writable_dir, default="skddh_out", help="output directory")
     rep.add_argument("--seed", type=_seed, default=None, help=f"{seed_help}; default 0")
@@ -857,14 +867,25 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=_batch_size, default=256)
     fit.add_argument(
         "--us-model",
-        choices=["head", "finetune"],
+        choices=["head", "finetune", "scratch"],
         default="head",
         help="head: frozen SimSiam encoder + MLP head (the paper's); finetune: encoder and "
         "head trained end to end on the labelled images with label-preserving augmentation "
-        "(better at small label budgets, slower)",
+        "(better at small label budgets, slower); scratch: the same from a fresh encoder, "
+        "with no SimSiam pretraining (the small study's)",
     )
     fit.add_argument(
-        "--finetune-epochs", type=_positive_int, default=60, help="with --us-model finetune"
+        "--finetune-epochs",
+        type=_positive_int,
+        default=60,
+        help="with --us-model finetune or scratch",
+    )
+    fit.add_argument(
+        "--test-time-views",
+        type=_positive_int,
+        default=1,
+        help="with --us-model finetune or scratch: predict the mean over the image and N-1 "
+        "fixed rotations, zooms and shifts of it (the small study uses 16)",
     )
     fit.add_argument("--rule", choices=["alpha", "or", "and"], default="alpha")
     fit.add_argument(

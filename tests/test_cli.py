@@ -175,6 +175,27 @@ def test_fit_fine_tuned_then_predict(small_cohort, tmp_path, capsys):
     assert len(pd.read_csv(out)) == len(small_cohort.us.images)
 
 
+def test_fit_scratch_skips_pretraining_then_predicts(small_cohort, tmp_path, capsys, monkeypatch):
+    """``--us-model scratch`` trains a fresh encoder: SimSiam never runs, the saved model
+    carries the test-time views and loads for ``predict``."""
+
+    def no_pretraining(self, X, y=None):
+        raise AssertionError("SimSiam pretrained for --us-model scratch")
+
+    monkeypatch.setattr(SimSiamFeaturizer, "fit", no_pretraining)
+    manifest = save_image_table(small_cohort, tmp_path / "registry")
+    model = tmp_path / "scratch.skddh"
+    argv = ["fit", str(manifest), "--model", str(model), "--image-size", "32", "--device", "cpu"]
+    argv += ["--delta-alpha", "0.5", "--delta-coverage", "0.5", "--us-model", "scratch"]
+    assert cli.main([*argv, "--finetune-epochs", "1", "--test-time-views", "3"]) == 0
+    assert "training a fresh encoder and head" in capsys.readouterr().out
+    tuned = load_policy(model).estimator_.estimator.estimator
+    assert tuned.encoder is None and tuned.test_time_views == 3 and tuned.image_size == 32
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(manifest), "--model", str(model), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == len(small_cohort.us.images)
+
+
 # ---- fit: which rows pretrain, train and calibrate; radii at the user's deltas ---------------
 @pytest.fixture(scope="module")
 def split_cohort():
