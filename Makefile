@@ -20,7 +20,7 @@ $(STAMP): $(PY) pyproject.toml
 
 venv: $(STAMP)
 
-# The paper's study end to end at small scale (minutes on 2 CPU cores): skddh_out/report.md
+# The paper's study end to end at small scale (about 15 minutes on 2 CPU cores): skddh_out/report.md
 demo: $(STAMP)
 	$(PY) -m skddh reproduce --scale small --out skddh_out
 

@@ -803,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         choices=["small", "paper"],
         default="small",
-        help="small: minutes on 2 CPU cores; paper: the paper's sizes, for a GPU",
+        help="small: about 15 minutes a seed on 2 CPU cores; paper: the paper's sizes, for a GPU",
     )
     rep.add_argument("--device", type=_device, default="auto", help=device_help)
     rep.add_argument(

@@ -152,16 +152,23 @@ def test_guarantees_table(tiny_study, tmp_path):
 
 
 def test_scratch_recipe_and_memoised_predictions():
-    """``us_model="scratch"`` is a FineTuningRegressor with no encoder; the study's memo
-    returns the inner model's predictions, computing each distinct input once."""
+    """The small scale's ``us_model="scratch"`` is a FineTuningRegressor with no encoder; the
+    study's memo returns the inner model's predictions, computing each distinct input once."""
     from sklearn.dummy import DummyRegressor
 
-    from skddh.studies.ddh import SMALL_SCRATCH, _Memoized, _us_model
+    from skddh.studies.ddh import SCALES, _Memoized, _us_model
 
-    model, reads = _us_model({**SMALL_SCRATCH}, "cpu", 0, encoder=None)
+    small = SCALES["small"]
+    model, reads = _us_model({**small}, "cpu", 0, encoder=None)
     assert reads == "images" and model.encoder is None
-    assert model.test_time_views == SMALL_SCRATCH["test_time_views"]
-    assert model.image_size == 64 and SMALL_SCRATCH["encoder_image_size"] == 32
+    assert model.test_time_views == small["test_time_views"] == 16
+    assert model.image_size == 64 and small["encoder_image_size"] == 32
+    assert model.loss_weights == small["us_loss_weights"]
+    assert model.epochs == small["finetune_epochs"]
+    # the CV+ fold models read their own epochs, and fall back to the main model's
+    assert _us_model(small, "cpu", 0, None, "cv_finetune_epochs")[0].epochs == 150
+    cfg = {k: v for k, v in small.items() if k != "cv_finetune_epochs"}
+    assert _us_model(cfg, "cpu", 0, None, "cv_finetune_epochs")[0].epochs == model.epochs
 
     calls = []
 
