@@ -39,6 +39,10 @@ Results: mean and spread over seeds, a CSV (``--out``) and a PNG plot.
 
     python benchmarks/bench_label_efficiency.py [--size 64] [--subjects 10 30 100 300]
         [--seeds 0 1 2] [--methods ...] [--device auto] [--out bench_out/label_efficiency]
+
+The full grid costs hours on a CPU, so it is run in pieces (a method set per run);
+``--merge RUN/raw.csv ...`` writes one table, CSV and plot from the runs' raw rows instead of
+training (a row repeated across runs, such as the median's, is kept from the last file).
 """
 
 from __future__ import annotations
@@ -307,7 +311,25 @@ def main(argv=None):
     )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("bench_out/label_efficiency"))
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RAW_CSV",
+        help="train nothing: summarise and plot the raw.csv files of earlier runs together",
+    )
     args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.merge:
+        missing = [str(p) for p in args.merge if not p.is_file()]
+        if missing:
+            ap.error(f"--merge: no such file: {', '.join(missing)}")
+        raw = pd.concat([pd.read_csv(p) for p in args.merge], ignore_index=True)
+        key = ["seed", "method", "subjects", "measurement"]
+        raw = raw.drop_duplicates(key, keep="last")
+        raw = raw.sort_values("method", key=lambda m: m.map(METHODS.index), kind="stable")
+        report(raw, args.out, "merged: " + ", ".join(str(p.parent) for p in args.merge), t0)
+        return
     warnings.filterwarnings("ignore", category=UserWarning)
     machine = f"{platform.machine()} {platform.node()}, {os.cpu_count()} CPUs, device {args.device}"
     title = (
@@ -318,13 +340,17 @@ def main(argv=None):
         + (f"; fine-tuning {json.dumps(args.finetune_params)}" if args.finetune_params else "")
     )
     print(title, flush=True)
-    t0 = time.perf_counter()
     raw = pd.DataFrame([r for s in args.seeds for r in run_seed(args, s)])
+    report(raw, args.out, title, t0)
+
+
+def report(raw: pd.DataFrame, out: Path, title: str, t0: float) -> None:
+    """Write raw.csv, summary.csv and the plot under ``out``; print the table."""
     summary = summarise(raw)
-    args.out.mkdir(parents=True, exist_ok=True)
-    raw.to_csv(args.out / "raw.csv", index=False)
-    summary.to_csv(args.out / "summary.csv", index=False)
-    plot(summary, args.out / "label_efficiency.png", title)
+    out.mkdir(parents=True, exist_ok=True)
+    raw.to_csv(out / "raw.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    plot(summary, out / "label_efficiency.png", title)
     cell = summary.assign(
         cell=[
             f"{r.mae_mean:.2f} ({r.mae_min:.2f}-{r.mae_max:.2f}) x{r.ratio_mean:.2f}"
@@ -340,7 +366,7 @@ def main(argv=None):
     )
     print("\nMAE on the test subjects: mean (min-max) over seeds, x ratio to the median's")
     print(wide.to_string())
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s; wrote {args.out}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; wrote {out}")
 
 
 if __name__ == "__main__":
