@@ -102,8 +102,8 @@ SCALES = {
 #: - ``"scratch"``: :class:`~skddh.FineTuningRegressor` from a fresh backbone, trained end to
 #:   end with label-preserving augmentation, predictions averaged over ``test_time_views``
 #:   views (the small scale's). The best method of ``benchmarks/bench_label_efficiency.py``
-#:   at 64 px that runs on 2 CPU cores (alpha MAE 0.69x, coverage 0.67x the median's at 30
-#:   labelled subjects, mean of 3 seeds); in the study it costs six fits (one, and five for
+#:   at 64 px that runs on 2 CPU cores (alpha MAE 0.68x, coverage 0.72x the median's at 30
+#:   labelled subjects, mean of six cohort draws); in the study it costs six fits (one, and five for
 #:   CV+). ``skddh reproduce --scale small --seeds 0 1 2``, alone on 2 cores, MAE mean of 3
 #:   seeds: alpha 3.53 (median 4.19, lower on 3 of 3 seeds), beta 5.90 (5.82, 1 of 3),
 #:   coverage 4.37 (5.37, 3 of 3); the alpha rule at delta 0.10 passes 16 % of test hips,
