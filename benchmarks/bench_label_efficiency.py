@@ -110,6 +110,12 @@ def _finetune(args, seed, n_images, encoder=None):
     )
 
 
+def _json_params(text):
+    """``--finetune-params``: a JSON object; its lists become tuples (``scale=(0.8, 1.2)``)."""
+    params = json.loads(text)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+
+
 def _with_views(model, args):
     """A copy of a fitted model that predicts the mean over ``--test-time-views`` views."""
     views = copy.deepcopy(model)
@@ -305,7 +311,7 @@ def main(argv=None):
     ap.add_argument("--ensemble", type=int, default=2, help="members of scratch+ensemble")
     ap.add_argument(
         "--finetune-params",
-        type=json.loads,
+        type=_json_params,
         default={},
         help='more FineTuningRegressor parameters, as JSON: \'{"loss_weights": {"beta": 0.3}}\'',
     )
