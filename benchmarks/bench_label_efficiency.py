@@ -30,6 +30,11 @@ Methods (each on the same nested training subjects, the same test subjects, per 
   student sees augmented views the teacher labelled unaugmented, which is what the BMD
   diagnostics (``bench_bmd_pseudo_labels.py``) say pseudo-labels need to carry new
   information;
+- ``scratch+meanteacher``: ``scratch+aug`` trained with the registry as unlabelled images
+  (``consistency_weight=--consistency-weight``, ``ema_decay=--ema-decay``): at every step
+  the weight average predicts a batch of registry images as they are and the network is
+  pulled towards those predictions on augmented views (mean teacher); the same epochs over
+  the labelled images, so about twice the compute per step; predicts with the views;
 - ``all-labels``: ``scratch+aug`` on every non-test subject (the reference the registry has
   to buy back).
 
@@ -84,6 +89,7 @@ METHODS = [
     "simsiam+head",
     "simsiam+selftrain",
     "scratch+student",
+    "scratch+meanteacher",
     "simsiam+finetune",
     "all-labels",
 ]
@@ -213,6 +219,20 @@ def run_seed(args, seed):
                 y_st = pd.concat([y[tr], pseudo], ignore_index=True)
                 student = _finetune(args, seed + 1, len(X_st)).fit(X_st, y_st)
                 pred = student.predict(images[test])
+            elif method == "scratch+meanteacher":
+                if reg_images is None:
+                    reg_images = np.asarray(cohort.registry_us)
+                X_mt = np.concatenate([images[tr], reg_images])
+                y_mt = pd.concat(  # NaN rows: the unlabelled registry
+                    [y[tr], pd.DataFrame(np.nan, index=range(len(reg_images)), columns=TARGETS)],
+                    ignore_index=True,
+                )
+                model = _finetune(args, seed, n_img).set_params(
+                    consistency_weight=args.consistency_weight,
+                    ema_decay=args.ema_decay,
+                    test_time_views=args.test_time_views,
+                )
+                pred = model.fit(X_mt, y_mt).predict(images[test])
             elif method == "simsiam+head":
                 head = MeasurementRegressor(device=args.device, random_state=seed)
                 pred = head.fit(feats[tr], y[tr]).predict(feats[test])
@@ -309,6 +329,8 @@ def main(argv=None):
     ap.add_argument("--encoder-lr", type=float, default=3e-4)
     ap.add_argument("--test-time-views", type=int, default=16, help="for scratch+aug+views")
     ap.add_argument("--ensemble", type=int, default=2, help="members of scratch+ensemble")
+    ap.add_argument("--consistency-weight", type=float, default=1.0, help="for scratch+meanteacher")
+    ap.add_argument("--ema-decay", type=float, default=0.99, help="for scratch+meanteacher")
     ap.add_argument(
         "--finetune-params",
         type=_json_params,

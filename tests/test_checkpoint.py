@@ -308,3 +308,43 @@ def test_parameters_clone_validate_and_pickle(kind, tmp_path, reference):
     loaded = pickle.loads(pickle.dumps(fitted))
     images = data()[0]
     np.testing.assert_array_equal(output(loaded, images), output(reference[kind], images))
+
+
+def test_a_mean_teacher_fit_stopped_mid_epoch_resumes_bitwise_equal(tmp_path, monkeypatch):
+    """Unlabelled rows (every target missing) draw a batch per step from the checkpointed
+    generators: a fit stopped after any step resumes to the uninterrupted result, and a
+    checkpoint of the same data with other rows unlabelled is refused."""
+    images, y = data()
+    extra = np.random.default_rng(1).integers(0, 256, (12, 32, 32), dtype=np.uint8)
+    X = np.concatenate([images, extra])
+    semi = y.reindex(range(len(X)))  # NaN at the 12 extra rows: unlabelled
+    kw = dict(consistency_weight=1.0, unlabelled_batch_size=4)
+    ref = fit(estimator("finetune", **kw), X, semi)
+    path = tmp_path / "mt.ckpt"
+    save = C.Checkpointer.save
+
+    def save_then_stop(self, loop):
+        save(self, loop)
+        if loop["step"] == 4:  # inside the second epoch (3 steps each)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(C.Checkpointer, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(estimator("finetune", checkpoint=path, checkpoint_every=1, **kw), X, semi)
+    steps = []
+
+    def recording_save(self, loop):
+        steps.append(loop["step"])
+        save(self, loop)
+
+    monkeypatch.setattr(C.Checkpointer, "save", recording_save)
+    loop = _load(path)["loop"]
+    assert loop["epoch"] == 1 and 0 < loop["start"] < N  # stopped inside the 2nd epoch
+    other = semi.copy()
+    other.iloc[0], other.iloc[-1] = np.nan, y.iloc[0]  # another row unlabelled
+    with pytest.raises(ValueError, match="checkpoint=.*training data differ"):
+        fit(estimator("finetune", checkpoint=path, **kw), X, other)
+    resumed = fit(estimator("finetune", checkpoint=path, checkpoint_every=1, **kw), X, semi)
+    _assert_same_fit(resumed, ref, "finetune")
+    assert steps[0] == loop["step"] + 1  # it resumed: a fresh start would save step 1 first
+    assert not path.exists()

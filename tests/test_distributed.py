@@ -179,6 +179,26 @@ def _finetune_rank(rank, port, ckpt):
     }
 
 
+def _semi_data():
+    """``data()`` plus 10 unlabelled images (every target NaN)."""
+    images, y = data()
+    extra = np.random.default_rng(1).integers(0, 256, (10,) + images.shape[1:], dtype=np.uint8)
+    return np.concatenate([images, extra]), y.reindex(range(len(images) + 10))
+
+
+MEAN_TEACHER = dict(consistency_weight=1.0, unlabelled_batch_size=5)  # shards 3/2
+
+
+def _mean_teacher_rank(rank, port, ckpt):
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    images, y = _semi_data()
+    est = finetune(**MEAN_TEACHER).fit(images, y)
+    torch.distributed.destroy_process_group()
+    return est, {}
+
+
 def _run_rank(target, rank, port, ckpt, out):
     try:
         torch.set_num_threads(1)
@@ -289,6 +309,19 @@ def test_finetuning_on_two_ranks_resumes_and_matches_one_process(tmp_path):
     # steps 1-4, the end of epoch 1, step 5; then the resumed fit's, all by rank 0
     assert len(rank0["interrupted_writes"]) == INTERRUPT_AT + 1
     assert len(rank0["writes"]) > INTERRUPT_AT + 1 and not rank1["writes"]
+
+
+def test_mean_teacher_on_two_ranks_matches_one_process(tmp_path):
+    """The unlabelled batch is drawn once for the group and sharded; the consistency term
+    is weighted by each rank's share of it (uneven: 3/2), as the supervised one is."""
+    results = _launch(_mean_teacher_rank, tmp_path)
+    images, y = _semi_data()
+    single = finetune(**MEAN_TEACHER).fit(images, y)
+    _assert_ranks_identical(results)
+    for r in results:
+        _assert_close_to(single, r, "finetune")
+    plain = finetune().fit(*data())  # the control: without the unlabelled images
+    assert not np.allclose(plain.history_["loss"], single.history_["loss"], atol=1e-3)
 
 
 def test_sharding_and_steps():

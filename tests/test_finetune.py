@@ -221,3 +221,53 @@ def test_bad_targets_are_named(data):
         _model().fit(images, bad)
     with pytest.raises(ValueError, match="X has 96 samples but y has 95"):
         _model().fit(images, y.level[:95])
+
+
+def _with_unlabelled(y, rows):
+    """``y`` with every target missing at ``rows``: those images are unlabelled."""
+    out = y.copy()
+    out.loc[rows, :] = np.nan
+    return out
+
+
+def test_mean_teacher_trains_on_labelled_rows_and_reads_the_unlabelled_images(data):
+    images, y, _ = data
+    lab = slice(0, 24)
+    y_semi = _with_unlabelled(y[["level"]], range(24, 96))
+    kw = dict(backbone="test_resnet", ema_decay=0.9)
+    semi = _model(consistency_weight=1.0, unlabelled_batch_size=8, **kw).fit(images, y_semi)
+    assert semi.n_steps_ == 2 * 2  # epochs pass over the 24 labelled images (batches of 16)
+    np.testing.assert_allclose(semi.y_mean_, [y.level[lab].mean()])  # labelled rows only
+    assert np.isfinite(semi.predict(images)).all() and semi.predict(images).shape == (96, 1)
+    again = _model(consistency_weight=1.0, unlabelled_batch_size=8, **kw).fit(images, y_semi)
+    np.testing.assert_array_equal(semi.predict(images), again.predict(images))
+    plain = _model(**kw).fit(images[lab], y[["level"]][lab])
+    w = "conv1.0.weight"  # the unlabelled images moved the weights
+    assert not torch.equal(semi.module_[0].state_dict()[w], plain.module_[0].state_dict()[w])
+    # With nothing unlabelled the fit is the plain one, weight for weight.
+    none_missing = _model(consistency_weight=1.0, **kw).fit(images[lab], y[["level"]][lab])
+    torch.testing.assert_close(
+        none_missing.module_[0].state_dict()[w], plain.module_[0].state_dict()[w], rtol=0, atol=0
+    )
+
+
+def test_unlabelled_rows_are_named_and_checked(data):
+    images, y, _ = data
+    semi = y[["level"]].assign(other=y.level * 2)
+    semi.loc[40:, :] = np.nan
+    semi.loc[30, "other"] = np.nan  # only one target missing: an error, not an unlabelled row
+    with pytest.raises(ValueError, match="row 30, target 'other', where other targets"):
+        _model(consistency_weight=1.0, ema_decay=0.9).fit(images, semi)
+    with pytest.raises(ValueError, match="consistency_weight > 0 needs ema_decay"):
+        _model(consistency_weight=1.0).fit(images, y.level)
+    few = _with_unlabelled(y[["level"]], range(1, 96))
+    with pytest.raises(ValueError, match="at least 2 labelled images, got 1"):
+        _model(consistency_weight=1.0, ema_decay=0.9).fit(images, few)
+    with pytest.raises(ValueError, match="row 1, target 'level'"):  # no consistency: an error
+        _model().fit(images, few)
+    inf = _with_unlabelled(y[["level"]], range(0, 10))
+    inf.loc[12, "level"] = np.inf  # reported at the caller's row, not the labelled subset's
+    with pytest.raises(ValueError, match="row 12, target 'level'"):
+        _model(consistency_weight=1.0, ema_decay=0.9).fit(images, inf)
+    with pytest.raises(ValueError, match="'unlabelled_batch_size' parameter"):
+        _model(unlabelled_batch_size=0).fit(images, y.level)

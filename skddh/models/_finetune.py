@@ -95,6 +95,7 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
     classification_targets : tuple of str or int, default=()
         Targets that are class labels, e.g. ``("ihdi",)`` (cross-entropy).
     epochs : int, default=60
+        Passes over the labelled images.
     batch_size : int, default=32
         Halved, with a warning, on a device out-of-memory error. Under
         ``torch.distributed``, the global batch (split across the processes, never halved:
@@ -112,6 +113,19 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         Decay of the exponential moving average of the weights (and batch-norm statistics)
         used to predict, warmed up as ``min(ema_decay, (1 + t) / (10 + t))`` at step t; None
         predicts with the last step's weights.
+    consistency_weight : float, default=0.0
+        Weight of a mean-teacher consistency loss (Tarvainen and Valpola, NeurIPS 2017) on
+        unlabelled images: rows of ``y`` whose every target is missing (NaN, None). At each
+        step ``unlabelled_batch_size`` of them are drawn; the weight average (the teacher,
+        which needs ``ema_decay``) predicts each unaugmented image, and the network being
+        trained is pulled, by the weighted L1 of its regression outputs in standard units,
+        towards that prediction on an augmented view of it: the labels are invariant to the
+        augmentation, so the unlabelled registry teaches the invariance. The weight ramps up
+        as ``exp(-5 (1 - t)^2)`` over the first quarter of the steps. 0: a missing target is
+        an error.
+    unlabelled_batch_size : int or None, default=None
+        Unlabelled images per step when ``consistency_weight > 0``; None: ``batch_size``.
+        Halved with the batch on an out-of-memory error.
     rotation : float, default=15.0
         Maximum rotation of the label-preserving augmentation, degrees (0 turns it off).
     scale : tuple of float, default=(0.85, 1.15)
@@ -166,7 +180,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
     module_ : torch.nn.Module
         ``Sequential(encoder, head)`` with the averaged weights, eval mode.
     history_ : DataFrame
-        Per epoch: ``loss`` (training, augmented), ``lr``, ``images_per_s``, ``seconds``.
+        Per epoch: ``loss`` (training, augmented; with the consistency term), ``lr``,
+        ``images_per_s``, ``seconds``.
     target_names_ : ndarray of str
     classes_ : dict
         Class labels per classification target.
@@ -224,6 +239,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "ema_decay": [Interval(Real, 0, 1, closed="left"), None],
+        "consistency_weight": [Interval(Real, 0, None, closed="left")],
+        "unlabelled_batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "rotation": [Interval(Real, 0, 180, closed="both")],
         "scale": [tuple],
         "shift": [Interval(Real, 0, 0.5, closed="both")],
@@ -260,6 +277,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         warmup_epochs=2,
         dropout=0.1,
         ema_decay=None,
+        consistency_weight=0.0,
+        unlabelled_batch_size=None,
         rotation=15.0,
         scale=(0.85, 1.15),
         shift=0.08,
@@ -292,6 +311,8 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         self.warmup_epochs = warmup_epochs
         self.dropout = dropout
         self.ema_decay = ema_decay
+        self.consistency_weight = consistency_weight
+        self.unlabelled_batch_size = unlabelled_batch_size
         self.rotation = rotation
         self.scale = scale
         self.shift = shift
@@ -325,7 +346,9 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         X : ndarray of shape (n, H, W) or (n, C, H, W), lazy array-like, or sequence of paths
             uint8, uint16 or float images (floats in [0, 1]); at least 2.
         y : DataFrame or array-like of shape (n,) or (n, n_targets)
-            Measurements (NaN is an error) and class labels.
+            Measurements and class labels. NaN is an error, except that with
+            ``consistency_weight > 0`` a row whose every target is missing marks an
+            unlabelled image.
 
         Returns
         -------
@@ -347,9 +370,19 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         init = _initial_encoder(self.encoder)
         size = self.image_size or (init.image_size if init is not None else 224)
         src = ImageSource(X, size)
-        if src.n < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 images, got {src.n}.")
-        y_std, y_cls, w_reg, w_cls = self._encode_targets(y, src.n)
+        if self.consistency_weight > 0 and self.ema_decay is None:
+            raise ValueError(
+                "consistency_weight > 0 needs ema_decay: the mean teacher is the weight "
+                "average (try ema_decay=0.99)."
+            )
+        lab, unl, y_lab = self._labelled_rows(y, src.n)
+        if len(lab) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 labelled images, got {len(lab)}."
+            )
+        y_std, y_cls, w_reg, w_cls = self._encode_targets(y_lab, len(lab), rows=lab)
+        if len(unl):  # targets at every row index; the unlabelled rows' are never read
+            y_std, y_cls = _scatter(y_std, lab, src.n), _scatter(y_cls, lab, src.n)
         backbone = init.backbone if init is not None else self.backbone
         if init is not None and init.n_channels_in_ != src.channels:
             raise ValueError(
@@ -390,10 +423,16 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         w_r = torch.from_numpy(w_reg).to(device)
         gen = T.generator(device, seed + 1)
         cpu_gen = T.generator(torch.device("cpu"), seed + 2)
-        batch = min(self.batch_size, src.n)  # the global batch, split across the ranks
+        n_lab = len(lab)
+        batch = min(self.batch_size, n_lab)  # the global batch, split across the ranks
         D.check_batch(dist, batch)
+        first_batch = batch
+        lab_t = torch.from_numpy(lab) if len(unl) else None  # None: every row, as always
+        unl_t = torch.from_numpy(unl)
+        if len(unl):
+            D.check_batch(dist, self._unlabelled_batch(batch, first_batch))
         sched = _Schedule(
-            self.epochs, D.steps_per_epoch(src.n, batch, world=dist.world), self.warmup_epochs
+            self.epochs, D.steps_per_epoch(n_lab, batch, world=dist.world), self.warmup_epochs
         )
         base = [g["lr"] for g in optim.param_groups]
         history, step_i = [], 0
@@ -405,7 +444,16 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
             self.checkpoint,
             self.checkpoint_every,
             lambda: C.fingerprint(
-                self, seed, src, y_std, y_cls, self.y_mean_, self.y_scale_, names, encoder=init
+                self,
+                seed,
+                src,
+                y_std,
+                y_cls,
+                self.y_mean_,
+                self.y_scale_,
+                names,
+                *([lab] if len(unl) else []),  # which rows are unlabelled
+                encoder=init,
             ),
             device,
             write=dist.main,  # every rank resumes from rank 0's file; only rank 0 writes it
@@ -455,11 +503,11 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                     total = loop["total"].to(device)
                     t0 = time.perf_counter() - loop["seconds"]
                 else:
-                    order = B.epoch_order(data, src.n, cpu_gen, batch)
+                    order = B.epoch_order(data, n_lab, cpu_gen, batch, rows=lab_t)
                     t0, seen, total = time.perf_counter(), 0, torch.zeros((), device=device)
                     start = 0
                 loop = None
-                while start + D.min_rows(batch, False, dist.world) <= src.n:
+                while start + D.min_rows(batch, False, dist.world) <= n_lab:
                     rows = order[start : start + batch]  # the global batch
                     idx = D.shard(dist, rows)  # this rank's share (all of it in one process)
                     if dist.active:  # each rank's own streams, functions of the step
@@ -473,6 +521,21 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                         ahead = D.shard(dist, B.next_batch(order, start, batch))
                         x = B.take(data, src, idx, device, size, ahead=ahead)
                         v = normalize(augment_measurement(x, aug, gen)).contiguous(memory_format=cl)
+                        if len(unl):  # the teacher's targets and the student's views
+                            ub = self._unlabelled_batch(batch, first_batch)
+                            pick = torch.randint(len(unl), (ub,), generator=cpu_gen)
+                            uidx = D.shard(dist, unl_t[pick])  # this rank's share
+                            target, vu = self._teacher(
+                                ema.module,
+                                B.take(data, src, uidx, device, size),
+                                aug,
+                                gen,
+                                cl,
+                                device,
+                                amp,
+                                yr.shape[1],
+                            )
+                            v = torch.cat([v, vu])
                         with T.autocast(device, amp):
                             if ddp is None:
                                 head = net[1]
@@ -481,11 +544,19 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                             else:  # the same, through DDP (its backward averages gradients)
                                 hidden, out = ddp(v)
                         d = idx.to(device)
-                        loss = self._loss(out.float(), yr[d], yc[d], w_r, w_cls)
-                        loss = loss + self._triplet(hidden, yr[d], w_r)
-                        optim.zero_grad(set_to_none=True)
+                        m = len(idx)  # the labelled rows of the batch come first
+                        loss = self._loss(out[:m].float(), yr[d], yc[d], w_r, w_cls)
+                        loss = loss + self._triplet(hidden[:m], yr[d], w_r)
                         scale = D.loss_scale(dist, len(idx), len(rows))  # uneven shards
-                        (loss if scale is None else loss * scale).backward()
+                        objective = loss if scale is None else loss * scale
+                        if len(unl):  # each term weighted by its own shard
+                            ramp = _rampup(step_i, sched.total)
+                            gap = (out[m:, : yr.shape[1]].float() - target).abs().mean(0)
+                            extra = self.consistency_weight * ramp * (gap @ w_r)
+                            scale = D.loss_scale(dist, len(uidx), ub)
+                            objective = objective + (extra if scale is None else extra * scale)
+                        optim.zero_grad(set_to_none=True)
+                        objective.backward()
                         optim.step()
                     except RuntimeError as exc:  # out of memory: halve the batch, go on
                         if not T.is_oom(exc) or batch <= 2:
@@ -503,9 +574,9 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                         batch //= 2
                         sched.recount(
                             step_i,
-                            B.steps_per_epoch(src.n - start, batch),
+                            B.steps_per_epoch(n_lab - start, batch),
                             epoch,
-                            B.steps_per_epoch(src.n, batch),
+                            B.steps_per_epoch(n_lab, batch),
                         )
                         warnings.warn(
                             f"out of memory on {device}: batch_size halved to {batch}.",
@@ -516,7 +587,10 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
                     if ema is not None:
                         avg.at(step_i)
                         ema.update_parameters(net)
-                    total += D.global_sum(dist, loss.detach() * len(idx))  # the global batch's
+                    part = loss.detach() * len(idx)  # the global batch's mean, once summed
+                    if len(unl):  # ... and the consistency term's, over its own batch
+                        part = part + extra.detach() * (len(uidx) * len(rows) / ub)
+                    total += D.global_sum(dist, part)
                     seen += len(rows)
                     start += len(rows)
                     step_i += 1
@@ -549,6 +623,60 @@ class FineTuningRegressor(CPUStateMixin, TargetsMixin, RegressorMixin, BaseEstim
         self.device_ = str(device)
         ckpt.finish()
         return self
+
+    def _labelled_rows(self, y, n):
+        """Labelled and unlabelled row indices, and ``y`` at the labelled rows.
+
+        Without ``consistency_weight`` every row is labelled (a missing target is then
+        reported by ``_encode_targets``); with it, a row whose every target is missing is an
+        unlabelled image, and a row with only some missing is an error naming it.
+        """
+        every = np.arange(n)
+        if y is None or self.consistency_weight == 0:
+            return every, every[:0], y
+        ydf, _, _ = self._targets(y)
+        if len(ydf) != n:
+            raise ValueError(f"X has {n} samples but y has {len(ydf)}.")
+        missing = ydf.isna().to_numpy()
+        none = missing.all(1)
+        some = missing.any(1) & ~none
+        if some.any():
+            row = int(np.argmax(some))
+            col = ydf.columns[int(np.argmax(missing[row]))]
+            raise ValueError(
+                f"y has a missing value at row {row}, target {col!r}, where other targets are "
+                "given: a row is an unlabelled image only when every target is missing."
+            )
+        if not none.any():
+            return every, every[:0], y
+        lab = np.flatnonzero(~none)
+        y_lab = y.iloc[lab] if isinstance(y, (pd.Series, pd.DataFrame)) else np.asarray(y)[lab]
+        return lab, np.flatnonzero(none), y_lab
+
+    def _unlabelled_batch(self, batch, first_batch):
+        """Unlabelled images per step: ``unlabelled_batch_size``, halved with the batch."""
+        if self.unlabelled_batch_size is None:
+            return batch
+        return max(1, self.unlabelled_batch_size * batch // first_batch)
+
+    @staticmethod
+    def _teacher(teacher, x, aug, gen, cl, device, amp, k):
+        """The teacher's regression outputs on unaugmented images, and augmented views.
+
+        The teacher (the weight average, in eval mode) sees each image as it is; the
+        student will see an augmented view, so the consistency loss asks for invariance to
+        exactly the label-preserving transforms.
+        """
+        import torch
+
+        from skddh.models import _torch as T
+        from skddh.models._augment import augment_measurement, normalize
+
+        teacher.eval()
+        with torch.no_grad(), T.autocast(device, amp):
+            target = teacher(normalize(x).contiguous(memory_format=cl)).float()[:, :k]
+        view = normalize(augment_measurement(x, aug, gen)).contiguous(memory_format=cl)
+        return target, view
 
     # ---- prediction ------------------------------------------------------------------------
     def _forward(self, X):
@@ -622,6 +750,19 @@ def _hidden_and_out(net, v):
     head = net[1]
     hidden = head[1](head[0](net[0](v)))
     return hidden, head[3](head[2](hidden))
+
+
+def _scatter(values, rows, n):
+    """``values`` (len(rows), ...) at ``rows`` of a zero array of ``n`` rows."""
+    out = np.zeros((n,) + values.shape[1:], values.dtype)
+    out[rows] = values
+    return out
+
+
+def _rampup(step, total):
+    """The consistency weight's ramp-up, ``exp(-5 (1 - t)^2)`` over the first quarter."""
+    t = min(1.0, step / max(1.0, 0.25 * total))
+    return float(np.exp(-5.0 * (1.0 - t) ** 2))
 
 
 class _WarmEMA:

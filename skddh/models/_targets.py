@@ -63,8 +63,11 @@ class TargetsMixin:
             raise ValueError("loss_weights must be finite and >= 0.")
         return w
 
-    def _encode_targets(self, y, n):
+    def _encode_targets(self, y, n, rows=None):
         """Validate ``y`` for ``n`` samples and set the target attributes.
+
+        ``rows``: the caller's row number of each of ``y``'s rows, for error messages (when
+        ``y`` is a subset of what the caller was given).
 
         Returns the standardised regression targets (n, k) float32, the class codes (n, m)
         int64 and the loss weights of each (the regression ones as an array).
@@ -81,12 +84,15 @@ class TargetsMixin:
         bad = ~np.isfinite(y_reg)
         if bad.any():
             row, col = np.argwhere(bad)[0]
+            row = row if rows is None else rows[row]
             raise ValueError(f"y has a NaN or infinite value at row {row}, target {reg[col]!r}.")
         self.classes_, codes = {}, []
         for t in cls:
             col = ydf[t]
             if col.isna().any():
-                raise ValueError(f"y has a missing class label at row {int(col.isna().argmax())}.")
+                row = int(col.isna().argmax())
+                row = row if rows is None else int(rows[row])
+                raise ValueError(f"y has a missing class label at row {row}.")
             classes, code = np.unique(col.to_numpy(), return_inverse=True)
             self.classes_[t] = classes
             codes.append(code)
