@@ -34,7 +34,8 @@ Methods (each on the same nested training subjects, the same test subjects, per 
   (``consistency_weight=--consistency-weight``, ``ema_decay=--ema-decay``): at every step
   the weight average predicts a batch of registry images as they are and the network is
   pulled towards those predictions on augmented views (mean teacher); the same epochs over
-  the labelled images, so about twice the compute per step; predicts with the views;
+  the labelled images, at 1.3-1.8x the time per fit on the CPU (measured: 366-533 s against
+  255-293 s, ``benchmarks/README.md``); predicts with the views;
 - ``all-labels``: ``scratch+aug`` on every non-test subject (the reference the registry has
   to buy back).
 
